@@ -7,6 +7,7 @@ with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,120 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# Help for the training options; every TrainConfig field becomes a flag (--patch-size, ...).
+_TRAIN_HELP = {
+    "out": "output folder for checkpoints, log.csv, curves.png, config.yaml",
+    "val_data": "separate validation dataset folder",
+    "val_fraction": "fraction of the images held out for validation (default 0.2)",
+    "layout": "dataset layout: auto, folder, voc, tiff-stack",
+    "num_classes": "number of classes (default: from the masks)",
+    "ignore_index": "mask value to ignore in loss and metrics (e.g. 255 for VOC, 11 for CamVid)",
+    "instances": "masks hold instance labels (0 = background, 1..K = objects)",
+    "model": "model name: unet, fcn32s, fcn16s, fcn8s",
+    "steps": "optimisation steps in all",
+    "patch_size": "labelled size of each training tile (rounded up to a size the net gives)",
+    "optimizer": "sgd (momentum 0.99, as the U-Net paper), adam, adamw",
+    "schedule": "constant, poly, cosine, plateau",
+    "loss": "ce, dice, ce+dice",
+    "reduction": "mean, or sum (FCN's unnormalised loss)",
+    "weighted": "U-Net border weights between touching objects (w0, sigma) and class balance",
+    "amp": "autocast dtype: bf16 or fp16",
+    "device": "cpu, cuda, cuda:1 ... (default: cuda when available)",
+    "workers": "DataLoader worker processes",
+}
+
+
+def _parse_model_arg(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (e.g. depth=4)")
+    return key.replace("-", "_"), yaml.safe_load(value)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from dataclasses import MISSING, fields
+
+    from pixelwise.train import TrainConfig
+
+    p.add_argument("data", nargs="?", help="dataset folder (or give it in --config)")
+    p.add_argument("--config", help="YAML file of options; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        type=_parse_model_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="model constructor option, e.g. --model-arg base_channels=16 (repeatable)",
+    )
+    for f in fields(TrainConfig):
+        if f.name in ("data", "model_args"):
+            continue
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        help_ = _TRAIN_HELP.get(f.name, "") + f" (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            kind = {int: int, float: float}.get(type(default), str)
+            if f.name in ("num_classes", "ignore_index"):
+                kind = int
+            p.add_argument(flag, type=kind, default=None, help=help_, dest=f.name)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """TrainConfig from defaults, then the YAML file, then the flags given."""
+    from dataclasses import fields
+
+    from pixelwise.train import TrainConfig
+
+    try:
+        cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+        for f in fields(TrainConfig):
+            value = getattr(args, f.name, None)
+            if value is not None and f.name != "model_args":
+                setattr(cfg, f.name, value)
+        cfg.model_args = {**cfg.model_args, **dict(args.model_arg)}
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return cfg
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pixelwise.data import DataError
+    from pixelwise.train import train
+
+    cfg = train_config_from_args(args)
+    try:
+        result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except (DataError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if result.interrupted:
+        return 130
+    if result.best is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {result.out / 'best.safetensors'} (step {result.best['step']})")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from pixelwise.data import check_dataset
+
+    kwargs = dict(
+        layout=args.layout,
+        split=args.split,
+        num_classes=args.num_classes,
+        ignore_index=args.ignore_index,
+        instances=args.instances,
+    )
+    text, problems = check_dataset(args.path, **kwargs)
+    print(text)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelwise",
@@ -41,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("info", help="print the models' geometry and parameter counts")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="train a model on a labelled dataset")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("data", help="inspect datasets")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("check", help="images, sizes, classes, frequencies, every problem")
+    p.add_argument("path", help="dataset folder")
+    p.add_argument("--layout", default="auto", help="auto, folder, voc, tiff-stack")
+    p.add_argument("--split", help="split to check (e.g. train)")
+    p.add_argument("--num-classes", type=int, help="declared number of classes")
+    p.add_argument("--ignore-index", type=int, help="mask value to ignore")
+    p.add_argument("--instances", action="store_true", help="masks hold instance labels")
+    p.set_defaults(func=_cmd_data_check)
     return parser
 
 

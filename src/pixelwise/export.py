@@ -1,0 +1,325 @@
+"""Export a model to ONNX with dynamic batch, height and width.
+
+The graph has one input "image" (N, C, H, W) float32 and one output "logits" (N, K, H', W'),
+where H' = H − 2·margin for a valid-padding U-Net and H' = H otherwise. N, H and W are symbolic,
+so one file serves every valid input size: any H, W ≥ 1 for FCN, the sizes of
+`UNet.valid_input_sizes` for a U-Net (the exported graph does not check them; an invalid size
+fails inside the runtime or yields a misaligned crop, so tile with the recorded stride).
+
+What another tool needs to tile and normalise lies in the model's `metadata_props`, each value a
+JSON string (read them back with `read_onnx_metadata`):
+
+    model, model_args, in_channels, num_classes, margin, stride, receptive_radius,
+    normalization (null when the checkpoint has none), class_names, palette
+
+Exporters: torch's dynamo exporter (`torch.export` + onnxscript) is tried first; if it raises, or
+the model it writes disagrees with PyTorch at a second input size, the TorchScript exporter is
+used. Each result is checked with onnxruntime (when installed) at the example size and at a second
+size, so a graph that silently fixed its shape to the example is never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pixelwise.checkpoint import atomic_write, load_state
+from pixelwise.models import UNet, model_config
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+EXPORTERS = ("auto", "dynamo", "torchscript")
+_ATOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """No exporter produced an ONNX model that matches PyTorch at two input sizes."""
+
+
+def default_example_size(model: nn.Module) -> int:
+    """Smallest valid input side that gives an output of at least 2·stride pixels.
+
+    Worked example (paper U-Net, margin 92, stride 16): the search starts at 2·92 + 2·16 = 216;
+    the first valid size from there is 220, whose output is 220 − 184 = 36 pixels. For FCN
+    (margin 0, stride 32) it is 64.
+    """
+    margin, stride = int(getattr(model, "margin", 0)), int(getattr(model, "stride", 1))
+    lo = 2 * margin + 2 * stride
+    return model.valid_input_sizes(lo, lo + 8 * stride + 8)[0]
+
+
+def _second_size(model: nn.Module, n: int) -> int:
+    """A valid input side different from `n` (the next valid one above it), for verification."""
+    stride = int(getattr(model, "stride", 1))
+    return model.valid_input_sizes(n + 1, n + 8 * stride + 8)[0]
+
+
+def onnx_metadata(model: nn.Module, meta: dict | None = None) -> dict[str, str]:
+    """The `metadata_props` written into the ONNX file: name → JSON string.
+
+    Args:
+        model: a pixelwise model (UNet, FCN).
+        meta: checkpoint metadata; its "normalization", "class_names" and "palette" are copied.
+    """
+    meta = meta or {}
+    name, kwargs = model_config(model)
+    values = {
+        "model": name,
+        "model_args": kwargs,
+        "in_channels": kwargs["in_channels"],
+        "num_classes": kwargs["num_classes"],
+        "margin": int(model.margin),
+        "stride": int(model.stride),
+        "receptive_radius": int(model.receptive_radius),
+        "normalization": meta.get("normalization"),
+        "class_names": meta.get("class_names"),
+        "palette": meta.get("palette"),
+    }
+    return {k: json.dumps(v) for k, v in values.items()}
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict:
+    """The pixelwise `metadata_props` of an exported file, JSON-decoded (see module docstring)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for prop in model.metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except json.JSONDecodeError:
+            out[prop.key] = prop.value
+    return out
+
+
+def _resolve(checkpoint_or_model: str | os.PathLike | nn.Module) -> tuple[nn.Module, dict]:
+    if isinstance(checkpoint_or_model, nn.Module):
+        model = getattr(checkpoint_or_model, "module", checkpoint_or_model)
+        return getattr(model, "_orig_mod", model), {}
+    model, meta, _ = load_state(checkpoint_or_model)
+    return model, meta
+
+
+def _check_example_size(model: nn.Module, size: int | Sequence[int] | None) -> tuple[int, int]:
+    if size is None:
+        n = default_example_size(model)
+        return n, n
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    for side, what in ((h, "example height"), (w, "example width")):
+        if not isinstance(side, int) or side < 1:
+            raise ValueError(f"{what} must be a positive integer, got {side!r}")
+        if not model.valid_input_sizes(side, side):
+            geometry = getattr(model, "geometry", None)
+            if geometry is not None:
+                geometry.check(side, what=what)  # raises, naming the nearest valid sizes
+            raise ValueError(f"{what} {side} is not a valid input size for this model")
+    return h, w
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx() -> Iterator[None]:
+    """Silence the exporters' warnings and log lines (torchvision not installed, opset notes)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _dynamo_dims(model: nn.Module, h: int, w: int) -> dict:
+    """`dynamic_shapes` for torch.export: batch, height and width free.
+
+    A U-Net only takes sizes n = stride·k + r (r fixed by the depth and padding; the paper's
+    valid sizes are 16·k + 12: 572 = 16·35 + 12), and torch.export refuses a free height whose
+    guards say so; the derived dimension `stride·k + r` states exactly that. FCN takes any size.
+    """
+    batch = torch.export.Dim("batch")
+    if not isinstance(model, UNet):
+        return {"x": {0: batch, 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}}
+    s = model.stride
+    height = s * torch.export.Dim("_height", min=1) + h % s
+    width = s * torch.export.Dim("_width", min=1) + w % s
+    return {"x": {0: batch, 2: height, 3: width}}
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: str, opset: int) -> None:
+    import onnx
+    from onnx import version_converter
+
+    # The dynamo exporter builds opset >= 18; convert down here rather than inside the exporter,
+    # which announces its own conversion on stdout.
+    with _quiet_torch_onnx():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=max(opset, 18),
+            dynamo=True,
+            dynamic_shapes=_dynamo_dims(model, *example.shape[-2:]),
+            verbose=False,
+        )
+        program.save(path)
+        if opset < 18:
+            proto = version_converter.convert_version(onnx.load(path), opset)
+            onnx.save(proto, path)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: str, opset: int) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"}
+    out_axes = {0: "batch", 2: "out_height", 3: "out_width"}
+    with _quiet_torch_onnx():  # TracerWarnings from the U-Net's size checks
+        torch.onnx.export(
+            model,
+            (example,),
+            path,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes},
+        )
+
+
+def _name_dims(proto, margin: int) -> None:
+    """Name the symbolic axes of the graph's input and output the same way for every exporter.
+
+    Input (batch, C, height, width); output (batch, K, height, width) when margin = 0, else
+    (batch, K, out_height, out_width) with out_height = height − 2·margin.
+    """
+    out = ("height", "width") if margin == 0 else ("out_height", "out_width")
+    for value, names in ((proto.graph.input[0], ("height", "width")), (proto.graph.output[0], out)):
+        dims = value.type.tensor_type.shape.dim
+        for axis, name in zip((0, 2, 3), ("batch", *names), strict=True):
+            dims[axis].dim_param = name
+
+
+def verify_onnx(
+    onnx_model,
+    model: nn.Module,
+    sizes: Sequence[tuple[int, int, int]],
+    *,
+    atol: float = _ATOL,
+) -> str | None:
+    """Run an in-memory ONNX model with onnxruntime and compare with `model` (CPU, float32).
+
+    Args:
+        onnx_model: an `onnx.ModelProto`.
+        model: the PyTorch model it was exported from, in eval mode.
+        sizes: (N, H, W) inputs to try, each filled with a seeded standard normal.
+        atol: largest allowed absolute difference of the logits.
+
+    Returns:
+        None when every size agrees (or onnxruntime is not installed), else a one-line reason.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(
+        onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    in_channels = model_config(model)[1]["in_channels"]
+    generator = torch.Generator().manual_seed(0)
+    for n, h, w in sizes:
+        x = torch.randn(n, in_channels, h, w, generator=generator)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        try:
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        except Exception as e:  # noqa: BLE001 - any runtime failure is a failed verification
+            return f"onnxruntime failed at input {(n, in_channels, h, w)}: {e}"
+        if got.shape != ref.shape:
+            return f"output shape {got.shape} != PyTorch {ref.shape} at input {(n, h, w)}"
+        diff = float(np.abs(got - ref).max())
+        if diff > atol:
+            return f"max |ONNX − PyTorch| = {diff:.3g} > {atol} at input {(n, h, w)}"
+    return None
+
+
+def export_onnx(
+    checkpoint_or_model: str | os.PathLike | nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = 17,
+    example_size: int | tuple[int, int] | None = None,
+    exporter: str = "auto",
+    verify: bool = True,
+) -> Path:
+    """Export a checkpoint (or model) to ONNX, atomically.
+
+    Args:
+        checkpoint_or_model: a `.safetensors` checkpoint path or a pixelwise model. The
+            checkpoint's normalisation, class names and palette go into the metadata; a bare
+            model records `normalization: null`.
+        path: destination `.onnx` file.
+        opset: ONNX opset (17 by default; the dynamo exporter builds opset 18 and converts).
+        example_size: side (or (H, W)) of the example input traced; must be a valid input size.
+            Default `default_example_size(model)`.
+        exporter: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript".
+        verify: check the result with onnxruntime at the example size and at a second size
+            (batch 2), within 1e-4 (skipped when onnxruntime is not installed).
+
+    Returns:
+        The written path.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read.
+        ValueError: bad exporter or example size (the message names the nearest valid sizes).
+        ExportError: no exporter produced a model that matches PyTorch (the reasons are listed).
+    """
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    model, meta = _resolve(checkpoint_or_model)
+    h, w = _check_example_size(model, example_size)
+    checks = [(2, h, w), (2, _second_size(model, h), _second_size(model, w))]
+    methods = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+
+    param = next(model.parameters())
+    was_training, device = model.training, param.device
+    model.eval().cpu()
+    failures = []
+    try:
+        example = torch.zeros(2, model_config(model)[1]["in_channels"], h, w)
+        for name in order:
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = os.path.join(tmp, "model.onnx")
+                try:
+                    methods[name](model, example, raw, opset)
+                    proto = onnx.load(raw)
+                    _name_dims(proto, int(model.margin))
+                except Exception as e:  # noqa: BLE001 - try the next exporter, report all
+                    failures.append(f"{name}: export failed ({type(e).__name__}: {e})")
+                    continue
+            reason = verify_onnx(proto, model, checks) if verify else None
+            if reason is None:
+                break
+            failures.append(f"{name}: {reason}")
+        else:
+            raise ExportError("ONNX export failed; " + "; ".join(failures))
+    finally:
+        model.train(was_training).to(device)
+    for key, value in onnx_metadata(model, meta).items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    return Path(path)

@@ -1,0 +1,252 @@
+"""Tests for pixelwise.augment: elastic field, composed geometry, alignment of image/mask/weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from pixelwise.augment import Augment, Geometry, adjust_gray, elastic_field, warp
+
+
+def blocks(shape=(96, 112), size=16, seed=0, n_labels=6) -> np.ndarray:
+    """Label image of size × size blocks with random labels 0..n_labels-1 (int32)."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, n_labels, (shape[0] // size + 1, shape[1] // size + 1))
+    grid = grid.astype(np.int32)
+    return np.kron(grid, np.ones((size, size), np.int32))[: shape[0], : shape[1]]
+
+
+def smooth_image(shape=(64, 64), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return ndi.gaussian_filter(rng.random(shape), 2).astype(np.float32)
+
+
+def interior(mask: np.ndarray, size: int = 5) -> np.ndarray:
+    """Pixels whose size × size neighbourhood lies in the image and holds a single label."""
+    inside = ndi.minimum_filter(mask, size, mode="constant", cval=-1) >= 0
+    return inside & (ndi.minimum_filter(mask, size) == ndi.maximum_filter(mask, size))
+
+
+# --------------------------------------------------------------------------------------------
+# Elastic field
+# --------------------------------------------------------------------------------------------
+
+
+def test_elastic_field_equals_scipy_zoom_of_the_coarse_grid():
+    coarse = np.random.default_rng(5).normal(0.0, 10.0, (2, 3, 3))
+    field = elastic_field((40, 56), grid=3, sigma=10.0, rng=np.random.default_rng(5))
+    assert field.shape == (2, 40, 56)
+    assert field.dtype == np.float32
+    for axis in range(2):
+        expected = ndi.zoom(coarse[axis], (40 / 3, 56 / 3), order=3, mode="mirror")
+        np.testing.assert_allclose(field[axis], expected, atol=1e-4)
+
+
+def test_elastic_field_passes_through_the_coarse_vectors():
+    # On 9 × 9 pixels the 3 × 3 grid points sit on pixels 0, 4 and 8.
+    coarse = np.random.default_rng(1).normal(0.0, 10.0, (2, 3, 3))
+    field = elastic_field((9, 9), rng=np.random.default_rng(1))
+    np.testing.assert_allclose(field[:, ::4, ::4], coarse, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry and warp
+# --------------------------------------------------------------------------------------------
+
+
+def test_warp_matches_scipy_map_coordinates():
+    image = smooth_image((64, 72))
+    mask = blocks((64, 72), size=8)
+    field = elastic_field((64, 72), rng=np.random.default_rng(2))
+    geometry = Geometry(angle=33.0, shift=(4.5, -7.25), flip=(True, False), displacement=field)
+    coords = geometry.coordinates((64, 72))
+    out_image, out_mask, out_weight = warp(geometry, image, mask, image * 2)
+    expected = ndi.map_coordinates(image, coords, order=1, mode="mirror")
+    np.testing.assert_allclose(out_image, expected, atol=1e-4)
+    np.testing.assert_allclose(out_weight, 2 * expected, atol=2e-4)
+    expected_mask = ndi.map_coordinates(mask, coords, order=0, mode="mirror")
+    assert (out_mask == expected_mask).mean() >= 0.999
+
+
+def test_rotation_by_90_degrees_equals_rot90():
+    image = smooth_image((48, 48))
+    mask = blocks((48, 48), size=6)
+    weight = image + 1.0
+    out_image, out_mask, out_weight = warp(Geometry(angle=90.0), image, mask, weight)
+    np.testing.assert_array_equal(out_mask, np.rot90(mask))
+    np.testing.assert_allclose(out_image, np.rot90(image), atol=1e-5)
+    np.testing.assert_allclose(out_weight, np.rot90(weight), atol=1e-5)
+    flipped = warp(Geometry(angle=-90.0, flip=(False, True)), image, mask)[1]
+    np.testing.assert_array_equal(flipped, np.fliplr(np.rot90(mask, -1)))
+
+
+@pytest.mark.parametrize("flip", [(True, False), (False, True), (True, True)])
+def test_flips_are_exact(flip):
+    image = np.random.default_rng(0).random((3, 20, 30)).astype(np.float32)
+    mask = blocks((20, 30), size=4)
+    out_image, out_mask, out_weight = warp(Geometry(flip=flip), image, mask, image[0])
+    axes = tuple(axis for axis, f in zip((-2, -1), flip, strict=True) if f)
+    np.testing.assert_array_equal(out_image, np.flip(image, axes))
+    np.testing.assert_array_equal(out_mask, np.flip(mask, axes))
+    np.testing.assert_array_equal(out_weight, np.flip(image[0], axes))
+    assert out_image.flags.c_contiguous
+    assert not np.shares_memory(out_image, image)
+
+
+def test_crop_window_equals_slice_of_full_transform():
+    field = elastic_field((50, 60), rng=np.random.default_rng(3))
+    full = Geometry(angle=20.0, shift=(2.0, 3.0), flip=(True, True), displacement=field)
+    window = Geometry(
+        angle=20.0, shift=(2.0, 3.0), flip=(True, True), displacement=field, origin=(7, 11),
+        size=(30, 40),
+    )  # fmt: skip
+    # Flips reverse the output window, so the window is cut from the unflipped full map.
+    unflipped = Geometry(angle=20.0, shift=(2.0, 3.0), displacement=field).coordinates((50, 60))
+    expected = unflipped[:, 7:37, 11:51][:, ::-1, ::-1]
+    np.testing.assert_allclose(window.coordinates((50, 60)), expected, atol=1e-4)
+    assert full.coordinates((50, 60)).shape == (2, 50, 60)
+
+
+def test_multichannel_image_warps_each_channel_alike():
+    image = np.stack([smooth_image((40, 40), seed=s) for s in range(3)])
+    geometry = Geometry(
+        angle=15.0, displacement=elastic_field((40, 40), rng=np.random.default_rng(0))
+    )
+    out = warp(geometry, image)[0]
+    assert out.shape == (3, 40, 40)
+    for channel in range(3):
+        np.testing.assert_array_equal(out[channel], warp(geometry, image[channel])[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Augment
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seed", "image_order"), [(0, 1), (1, 1), (2, 3), (3, 1)])
+def test_augment_keeps_image_mask_and_weight_aligned(seed, image_order):
+    augment = Augment(shift=10.0, gray=0.0, image_order=image_order)
+    # Binary labels: interpolating between 0 and 1 rounds to the nearest label, so the rounded
+    # image equals the nearest-neighbour mask except at block corners.
+    mask = blocks(seed=seed, n_labels=2)
+    image = mask.astype(np.float32)
+    out_image, out_mask, out_weight = augment(image, mask, image, rng=np.random.default_rng(seed))
+    assert out_image.shape == out_mask.shape == out_weight.shape == mask.shape
+    assert (np.rint(out_image) == out_mask).mean() >= 0.99
+    assert (np.rint(out_weight) == out_mask).mean() >= 0.99
+    # Labels 0..5: interpolated values round to other labels at edges, but away from the edges
+    # image, weight and mask agree exactly.
+    mask = blocks(seed=seed)
+    image = mask.astype(np.float32)
+    out_image, out_mask, out_weight = augment(image, mask, image, rng=np.random.default_rng(seed))
+    core = interior(out_mask, 5 if image_order == 1 else 7)  # bicubic reaches 2 px
+    assert core.mean() > 0.2  # not vacuous
+    np.testing.assert_array_equal(np.rint(out_image)[core], out_mask[core])
+    np.testing.assert_array_equal(np.rint(out_weight)[core], out_mask[core])
+    if image_order == 1:  # the weight map is sampled exactly like a bilinear image
+        np.testing.assert_array_equal(out_weight, out_image)
+
+
+def test_augment_misaligned_mask_would_be_detected():
+    # The alignment criterion above is meaningful: an independent transform of the mask fails it.
+    mask = blocks(n_labels=2)
+    augment = Augment(gray=0.0)
+    out_image = augment(mask.astype(np.float32), mask, rng=np.random.default_rng(0))[0]
+    other_mask = augment(mask.astype(np.float32), mask, rng=np.random.default_rng(1))[1]
+    assert (np.rint(out_image) == other_mask).mean() < 0.9
+
+
+def test_augment_is_reproducible_per_seed():
+    image, mask = smooth_image((64, 64)), blocks((64, 64))
+    weight = image + 1
+    augment = Augment(shift=5.0, out_size=(48, 40))
+    first = augment(image, mask, weight, rng=np.random.default_rng(7))
+    again = augment(image, mask, weight, rng=np.random.default_rng(7))
+    other = augment(image, mask, weight, rng=np.random.default_rng(8))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first[0].shape == first[1].shape == first[2].shape == (48, 40)
+    assert not np.allclose(first[0], other[0])
+    assert not np.allclose(first[2], other[2])
+
+
+def test_flip_only_augment_gives_exact_flips():
+    image, mask = smooth_image((30, 30)), blocks((30, 30), size=5)
+    augment = Augment(rotation=0.0, p_elastic=0.0, gray=0.0)
+    candidates = [np.flip(image, axes) for axes in [(), (0,), (1,), (0, 1)]]
+    seen = set()
+    for seed in range(12):
+        out_image, out_mask, _ = augment(image, mask, rng=np.random.default_rng(seed))
+        matches = [i for i, c in enumerate(candidates) if np.array_equal(out_image, c)]
+        assert len(matches) == 1
+        axes = [(), (0,), (1,), (0, 1)][matches[0]]
+        np.testing.assert_array_equal(out_mask, np.flip(mask, axes))
+        seen.add(matches[0])
+    assert len(seen) >= 3
+
+
+def test_gray_variation_changes_only_the_image():
+    image, mask = smooth_image((64, 64)), blocks((64, 64))
+    weight = image + 1
+    plain = Augment(gray=0.0)(image, mask, weight, rng=np.random.default_rng(4))
+    gray = Augment(gray=0.3)(image, mask, weight, rng=np.random.default_rng(4))
+    np.testing.assert_array_equal(gray[1], plain[1])
+    np.testing.assert_array_equal(gray[2], plain[2])
+    assert np.abs(gray[0] - plain[0]).max() > 1e-3
+
+
+def test_mask_keeps_dtype_and_only_existing_labels():
+    mask = (blocks() * 3).astype(np.uint16)  # labels 0, 3, ..., 15
+    out_mask = Augment()(mask.astype(np.float32), mask, rng=np.random.default_rng(0))[1]
+    assert out_mask.dtype == np.uint16
+    assert set(np.unique(out_mask)) <= set(np.unique(mask))
+
+
+def test_adjust_gray_by_hand():
+    image = np.array([[10.0, 15.0, 20.0]], np.float32)  # range 10..20 → x = 0, 0.5, 1
+    # gamma 2: 0, 0.25, 1 (mean 5/12); contrast 2 around the mean: -5/12, 1/12, 19/12;
+    # brightness 0.1: -0.3167, 0.1833, 1.6833; back to 10..20: 6.833, 11.833, 26.833.
+    out = adjust_gray(image, gamma=2.0, contrast=2.0, brightness=0.1)
+    np.testing.assert_allclose(out, [[6.8333, 11.8333, 26.8333]], atol=1e-3)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(adjust_gray(np.full((2, 2), 3.0)), np.full((2, 2), 3.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rotation": 200.0}, r"rotation must be in \[0.0, 180.0\], got 200.0"),
+        ({"p_elastic": 1.5}, r"p_elastic must be in \[0.0, 1.0\], got 1.5; pass a probability"),
+        ({"elastic_grid": 1}, "elastic grid must be an int >= 2, got 1"),
+        ({"elastic_sigma": -1.0}, "elastic sigma must be finite and >= 0, got -1.0"),
+        ({"image_order": 2}, r"image_order must be one of \(1, 3\), got 2"),
+        ({"out_size": (0, 5)}, r"out_size must be None or \(h, w\) with ints >= 2, got \(0, 5\)"),
+    ],
+)
+def test_augment_rejects_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Augment(**kwargs)
+
+
+def test_augment_rejects_bad_arrays():
+    image, mask = np.zeros((8, 8), np.float32), np.zeros((8, 8), np.int32)
+    rng = np.random.default_rng(0)
+    augment = Augment()
+    with pytest.raises(ValueError, match=r"image must be a floating-point \(C, H, W\) or \(H, W\)"):
+        augment(mask, mask, rng=rng)
+    with pytest.raises(ValueError, match=r"mask must be an integer \(H, W\) = \(8, 8\) array"):
+        augment(image, mask[:4], rng=rng)
+    with pytest.raises(ValueError, match=r"weight must have the image's \(H, W\) = \(8, 8\)"):
+        augment(image, mask, np.zeros((4, 4), np.float32), rng=rng)
+    with pytest.raises(ValueError, match="mask labels must be smaller than 2\\*\\*24"):
+        augment(image, np.full((8, 8), 2**25, np.int64), rng=rng)
+    with pytest.raises(ValueError, match=r"out_size \(16, 16\) must fit in the image"):
+        Augment(out_size=(16, 16))(image, mask, rng=rng)
+    with pytest.raises(ValueError, match=r"the output window at origin \(4, 0\) of size \(6, 6\)"):
+        warp(Geometry(origin=(4, 0), size=(6, 6)), image)

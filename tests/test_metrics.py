@@ -1,0 +1,391 @@
+"""Tests for pixelwise.metrics: numbers against brute force, skimage and hand computations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from pixelwise import metrics
+from pixelwise.metrics import (
+    ConfusionMatrix,
+    confusion_matrix,
+    match_instances,
+    pixel_error,
+    rand_error,
+    rand_scores,
+    segmentation_scores,
+    warping_error,
+    warping_scores,
+)
+
+FOUR = ndimage.generate_binary_structure(2, 1)
+EIGHT = np.ones((3, 3), dtype=bool)
+
+
+# ---------------------------------------------------------------- confusion matrix
+
+
+def brute_force_cm(pred, target, k, ignore=None):
+    cm = np.zeros((k, k), dtype=np.int64)
+    for t, p in zip(np.ravel(target), np.ravel(pred), strict=True):
+        if ignore is not None and t == ignore:
+            continue
+        cm[t, p] += 1
+    return cm
+
+
+@pytest.mark.parametrize("k", [1, 3, 21, 300])
+def test_confusion_matrix_matches_brute_force(k):
+    rng = np.random.default_rng(k)
+    target = rng.integers(0, k, size=(3, 17, 11))
+    pred = rng.integers(0, k, size=(3, 17, 11))
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, target, k), brute_force_cm(pred, target, k)
+    )
+
+
+def test_confusion_matrix_ignore_index_and_torch():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 5, size=(40, 30)).astype(np.uint8)
+    target[rng.random(target.shape) < 0.2] = 255
+    pred = rng.integers(0, 5, size=(40, 30)).astype(np.uint8)
+    pred[target == 255] = 200  # anything goes where the target is void
+    expected = brute_force_cm(pred, target, 5, ignore=255)
+    got = confusion_matrix(pred, target, 5, ignore_index=255)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int64 and got.sum() == np.count_nonzero(target != 255)
+    got_torch = confusion_matrix(
+        torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(target), 5, ignore_index=255
+    )
+    np.testing.assert_array_equal(got_torch, expected)
+
+
+def test_confusion_matrix_chunk_boundaries(monkeypatch):
+    monkeypatch.setattr(metrics, "_CHUNK", 7)  # many chunks, the last one partial
+    rng = np.random.default_rng(2)
+    target = rng.integers(0, 4, size=(9, 10))
+    target[rng.random(target.shape) < 0.3] = 9
+    pred = rng.integers(0, 4, size=(9, 10))
+    expected = brute_force_cm(pred, target, 4, ignore=9)
+    np.testing.assert_array_equal(confusion_matrix(pred, target, 4, ignore_index=9), expected)
+    target[8, 9] = 5  # a bad value in the very last chunk is still found
+    with pytest.raises(ValueError, match="found 5"):
+        confusion_matrix(pred, target, 4, ignore_index=9)
+
+
+def test_confusion_matrix_negative_ignore_index():
+    target = np.array([[0, -1], [1, 1]])
+    pred = np.array([[1, 0], [1, 0]])
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, target, 2, ignore_index=-1), [[0, 1], [1, 1]]
+    )
+
+
+def test_confusion_matrix_sums_over_images_and_accumulator():
+    rng = np.random.default_rng(1)
+    images = [(rng.integers(0, 4, (9, 9)), rng.integers(0, 4, (9, 9))) for _ in range(3)]
+    acc = ConfusionMatrix(4)
+    for p, t in images:
+        acc.update(p, t)
+    whole = confusion_matrix(np.stack([p for p, _ in images]), np.stack([t for _, t in images]), 4)
+    np.testing.assert_array_equal(acc.matrix, whole)
+    assert acc.scores() == segmentation_scores(whole)
+
+
+def test_confusion_matrix_errors():
+    a = np.zeros((4, 5), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"pred \(4, 5\) and target \(5, 4\)"):
+        confusion_matrix(a, a.T, 3)
+    bad_target = a.copy()
+    bad_target[1, 2] = 7
+    with pytest.raises(ValueError, match=r"target values must lie in \[0, 3\), found 7"):
+        confusion_matrix(a, bad_target, 3)
+    with pytest.raises(ValueError, match=r"other than ignore_index=255, found 7"):
+        confusion_matrix(a, bad_target, 3, ignore_index=255)
+    with pytest.raises(ValueError, match=r"pred values must lie in \[0, 3\), found -2"):
+        confusion_matrix(a - 2, a, 3)
+    with pytest.raises(TypeError, match="integer class indices, got dtype float32"):
+        confusion_matrix(a.astype(np.float32), a, 3)
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+        confusion_matrix(a, a, 0)
+
+
+# ---------------------------------------------------------------- FCN scores
+
+
+def direct_scores(n):
+    """The four FCN formulas written out with loops, absent classes skipped as documented."""
+    k = n.shape[0]
+    t = [sum(n[i, j] for j in range(k)) for i in range(k)]
+    col = [sum(n[j, i] for j in range(k)) for i in range(k)]
+    present = [i for i in range(k) if t[i] + col[i] > 0]
+    with_gt = [i for i in range(k) if t[i] > 0]
+    iou = {i: n[i, i] / (t[i] + col[i] - n[i, i]) for i in present}
+    total = sum(t)
+    return {
+        "pixel_accuracy": sum(n[i, i] for i in range(k)) / total,
+        "mean_accuracy": sum(n[i, i] / t[i] for i in with_gt) / len(with_gt),
+        "mean_iou": sum(iou.values()) / len(present),
+        "fw_iou": sum(t[i] * iou[i] for i in present) / total,
+        "iou": [iou.get(i, math.nan) for i in range(k)],
+        "dice": [2 * n[i, i] / (t[i] + col[i]) if i in iou else math.nan for i in range(k)],
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segmentation_scores_match_direct_formulas(seed):
+    rng = np.random.default_rng(seed)
+    k = 6
+    n = rng.integers(0, 50, size=(k, k))
+    n[1, :] = 0  # class 1 never in the ground truth ...
+    n[:, 1] = 0  # ... nor predicted: absent, must not count
+    n[3, :] = 0  # class 3 predicted but absent from the ground truth: IoU 0, counted
+    n[0, 3] = 7
+    expected = direct_scores(n)
+    got = segmentation_scores(n)
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-12)
+    np.testing.assert_allclose(got["per_class_iou"], expected["iou"], rtol=1e-12)
+    np.testing.assert_allclose(got["per_class_dice"], expected["dice"], rtol=1e-12)
+    assert math.isnan(got["per_class_iou"][1]) and got["per_class_iou"][3] == 0.0
+    assert got["num_pixels"] == int(n.sum())
+    json.dumps(got)  # plain Python types only
+
+
+def test_segmentation_scores_hand_example():
+    got = segmentation_scores(np.array([[3, 1], [0, 0]]))
+    assert got["per_class_iou"] == [0.75, 0.0]
+    assert got["mean_iou"] == 0.375  # prediction-only class counts with IoU 0
+    assert got["mean_accuracy"] == 0.75  # ... but not in mean accuracy (t_1 = 0)
+    assert got["pixel_accuracy"] == 0.75
+    assert got["fw_iou"] == 0.75
+    assert got["per_class_dice"] == [6 / 7, 0.0]
+
+
+def test_segmentation_scores_empty_and_invalid():
+    got = segmentation_scores(np.zeros((3, 3), dtype=np.int64))
+    assert all(math.isnan(got[k]) for k in ("pixel_accuracy", "mean_iou", "fw_iou"))
+    with pytest.raises(ValueError, match=r"square \(K, K\) matrix, got shape \(2, 3\)"):
+        segmentation_scores(np.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------- ISBI: pixel and Rand error
+
+
+def cell_image():
+    """10 x 10 image: one cell (8 x 8 interior) inside a 1-pixel membrane frame."""
+    img = np.zeros((10, 10), dtype=bool)
+    img[1:9, 1:9] = True
+    return img
+
+
+def test_pixel_error_hand_and_conventions():
+    gt = cell_image()
+    pred = gt.copy()
+    pred[1, 1:5] = False  # four interior pixels called membrane
+    assert pixel_error(pred, gt) == 4 / 100
+    gt_isbi = np.where(gt, 255, 0).astype(np.uint8)  # ISBI label file convention
+    assert pixel_error(pred, gt_isbi) == 4 / 100
+    probs = np.where(pred, 0.9, 0.2)
+    assert pixel_error(probs, gt) == 4 / 100
+    assert pixel_error(probs, gt, threshold=0.95) == 64 / 100
+    with pytest.raises(ValueError, match=r"found range \[0.0, 1.5\]; apply a sigmoid"):
+        pixel_error(np.where(pred, 1.5, 0.0), gt)
+    with pytest.raises(ValueError, match=r"same shape, got pred \(10, 9\) and gt \(10, 10\)"):
+        pixel_error(pred[:, :9], gt)
+    with pytest.raises(ValueError, match=r"2-D \(H, W\) map, got shape \(1, 10, 10\)"):
+        pixel_error(pred[None], gt)
+
+
+def random_blobs(rng, shape=(48, 48), sigma=1.5):
+    return ndimage.gaussian_filter(rng.random(shape), sigma) > 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rand_error_matches_skimage(seed):
+    adapted_rand_error = pytest.importorskip("skimage.metrics").adapted_rand_error
+    rng = np.random.default_rng(seed)
+    gt, pred = random_blobs(rng), random_blobs(rng)
+    gt_seg, _ = ndimage.label(gt, FOUR)
+    pred_seg, _ = ndimage.label(pred, FOUR)
+    # "segment": predicted membrane is one segment, exactly skimage on the two label maps.
+    expected = adapted_rand_error(gt_seg, pred_seg)[0]
+    assert rand_error(pred, gt, pred_background="segment") == pytest.approx(expected, abs=1e-12)
+    # default "singletons": skimage with every predicted membrane pixel given its own label.
+    singles = pred_seg.copy()
+    background = singles == 0
+    singles[background] = pred_seg.max() + 1 + np.arange(np.count_nonzero(background))
+    expected = adapted_rand_error(gt_seg, singles)[0]
+    assert rand_error(pred, gt) == pytest.approx(expected, abs=1e-12)
+
+
+def test_rand_error_hand_cases():
+    gt = cell_image()
+    assert rand_error(gt, gt) == 0.0
+    # Worked example of the docstring: a 1x5 cell cut in the middle -> 2/3.
+    assert rand_error(np.array([[1, 1, 0, 1, 1]]), np.ones((1, 5), bool)) == pytest.approx(2 / 3)
+    # Cut the 8 x 8 cell with a membrane column: segments of 24 and 32 pixels + 8 singletons.
+    cut = gt.copy()
+    cut[:, 4] = False
+    pairs_gt, pairs_pred = 64 * 63, 24 * 23 + 32 * 31
+    expected = 1 - 2 * pairs_pred / (pairs_gt + pairs_pred)
+    scores = rand_scores(cut, gt)
+    assert scores["rand_error"] == pytest.approx(expected, abs=1e-12)
+    assert scores["v_rand_merge"] == 1.0  # a split, no merge
+    assert scores["v_rand_split"] == pytest.approx(pairs_pred / pairs_gt)
+
+
+def test_rand_error_sweeps_probability_thresholds():
+    gt = np.zeros((10, 21), dtype=bool)
+    gt[1:9, 1:10] = gt[1:9, 11:20] = True  # two cells separated by membrane column 10
+    probs = np.where(gt, 0.9, 0.05)
+    probs[:, 10] = 0.6  # a faint membrane: merges the cells at thresholds below 0.6
+    probs[0, :] = probs[-1, :] = probs[:, 0] = probs[:, -1] = 0.05
+    # At 0.5 both cells (8 x 9 = 72 px each) form one predicted segment of 144 gt pixels.
+    pairs_gt, pairs_pred = 2 * 72 * 71, 144 * 143
+    merged = rand_error(probs, gt, thresholds=(0.5,))
+    assert merged == pytest.approx(1 - 2 * pairs_gt / (pairs_gt + pairs_pred), abs=1e-12)
+    scores = rand_scores(probs, gt)
+    assert scores["rand_error"] == 0.0 and scores["threshold"] == 0.6
+    assert rand_error(probs, gt) == 0.0
+
+
+# ---------------------------------------------------------------- ISBI: warping error
+
+
+def yokoi_simple(code):
+    """Independent test: Yokoi's 4-connectivity number N_c4 == 1 (neighbours from the east,
+    counter-clockwise)."""
+    ring = [(code >> bit) & 1 for bit in range(8)]  # metrics._RING order: NW N NE E SE S SW W
+    x = [ring[i] for i in (3, 2, 1, 0, 7, 6, 5, 4)]  # E NE N NW W SW S SE
+    return sum(x[k] - x[k] * x[(k + 1) % 8] * x[(k + 2) % 8] for k in (0, 2, 4, 6)) == 1
+
+
+def test_simple_point_table_matches_yokoi():
+    lut = metrics._simple_lut()
+    assert lut.shape == (256,)
+    assert [bool(v) for v in lut] == [yokoi_simple(c) for c in range(256)]
+    assert not lut[0]  # isolated pixel
+    assert not lut[255]  # interior pixel (removal would punch a hole)
+    assert lut[0b00001000]  # end of a line (one east neighbour)
+    assert not lut[0b10001000]  # middle of a horizontal line (E and W)
+
+
+def components(mask):
+    padded = np.pad(mask, 1)  # outside = background, as the warp assumes
+    return ndimage.label(padded, FOUR)[1], ndimage.label(~padded, EIGHT)[1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_warp_preserves_topology(seed):
+    rng = np.random.default_rng(seed)
+    gt, pred = random_blobs(rng), random_blobs(rng)
+    result = warping_scores(pred, gt)
+    warped = result["warped_gt"]
+    assert components(warped) == components(gt)
+    assert np.array_equal(result["error_mask"], warped != pred)
+    assert result["warping_error"] == np.count_nonzero(warped != pred) / gt.size
+    assert result["warping_error"] < pixel_error(pred, gt)
+
+
+def test_warping_error_hand_cases():
+    gt = cell_image()
+    assert warping_error(gt, gt) == 0.0
+    # Boundary moved by one pixel (cell one pixel wider): no topological change.
+    wider = gt.copy()
+    wider[1:9, 9] = True
+    assert pixel_error(wider, gt) == 8 / 100
+    assert warping_error(wider, gt) == 0.0
+    # Cell cut in two: all of the cut but its last pixel can be warped; that one cannot.
+    cut = gt.copy()
+    cut[:, 4] = False
+    assert warping_error(cut, gt) == 1 / 100
+    assert rand_error(cut, gt) > 0.0
+    # Two cells merged by deleting the 1-pixel membrane between them: filling any pixel of it
+    # would join the cells, so none is simple and all 8 stay errors.
+    two = np.zeros((10, 21), dtype=bool)
+    two[1:9, 1:10] = two[1:9, 11:20] = True
+    merged = two.copy()
+    merged[1:9, 10] = True
+    assert warping_error(merged, two) == 8 / two.size
+    assert rand_error(merged, two) > 0.0
+
+
+# ---------------------------------------------------------------- instances
+
+
+def square(img, y, x, side, value):
+    img[y : y + side, x : x + side] = value
+
+
+def test_match_instances_hand_built_ap():
+    gt = np.zeros((100, 100), dtype=np.int32)
+    pred = np.zeros_like(gt)
+    square(gt, 5, 5, 20, 1)
+    square(gt, 5, 50, 20, 2)
+    square(gt, 60, 5, 20, 3)  # never predicted: a false negative at every threshold
+    square(pred, 5, 5, 20, 7)  # perfect match, IoU 1
+    square(pred, 5, 54, 20, 9)  # shifted 4 px: IoU = 16*20 / (24*20) = 2/3
+    square(pred, 60, 60, 10, 4)  # false positive
+    result = match_instances(pred, gt)
+    json.dumps(result)
+    assert result["n_pred"] == 3 and result["n_gt"] == 3
+    rows = result["per_threshold"]
+    assert [r["threshold"] for r in rows] == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    for r in rows:
+        tp = 2 if r["threshold"] <= 2 / 3 else 1
+        assert (r["tp"], r["fp"], r["fn"]) == (tp, 3 - tp, 3 - tp)
+        assert r["ap"] == pytest.approx(tp / (tp + 2 * (3 - tp)))
+        assert r["precision"] == r["recall"] == pytest.approx(tp / 3)
+    assert rows[0]["mean_matched_iou"] == pytest.approx((1 + 2 / 3) / 2)
+    assert result["ap_50_95"] == pytest.approx((4 * 0.5 + 6 * 0.2) / 10)
+    assert result["f1_50"] == pytest.approx(2 / 3)
+    assert result["merges"] == result["splits"] == 0
+
+
+def test_match_instances_maximises_matches_below_half():
+    # 1-D objects: greedy best-IoU pairing (P1-B) would leave P2 unmatched at threshold 0.1.
+    gt = np.zeros((1, 40), dtype=np.int64)
+    gt[0, 0:10], gt[0, 10:20] = 1, 2
+    pred = np.zeros_like(gt)
+    pred[0, 6:16], pred[0, 16:40] = 1, 2  # IoU(P1, A) = 4/16, (P1, B) = 6/14, (P2, B) = 4/30
+    row = match_instances(pred, gt, thresholds=[0.1])["per_threshold"][0]
+    assert row["tp"] == 2
+    assert row["mean_matched_iou"] == pytest.approx((4 / 16 + 4 / 30) / 2)
+
+
+def test_match_instances_merge_and_split_counts():
+    gt = np.zeros((30, 60), dtype=np.int64)
+    square(gt, 0, 0, 10, 1)
+    square(gt, 0, 10, 10, 2)  # touches gt 1
+    square(gt, 15, 0, 10, 3)
+    square(gt, 15, 40, 10, 4)
+    pred = np.zeros_like(gt)
+    pred[0:10, 0:20] = 5  # covers all of gt 1 and gt 2: a merge of 2
+    pred[15:25, 0:6] = 6  # gt 3 cut in two pieces: a split
+    pred[15:25, 6:10] = 8
+    pred[15:25, 40:44] = 9  # 40 % of gt 4 only: neither
+    result = match_instances(pred, gt)
+    assert (result["merges"], result["merged_gt"]) == (1, 2)
+    assert (result["splits"], result["split_pred"]) == (1, 2)
+    # IoU 1/2 of the merged object with gt 1 and gt 2 (one match at 0.5); piece 6 has IoU 0.6
+    # with gt 3; piece 8 (0.4) and object 9 (0.4) never match.
+    assert [r["tp"] for r in result["per_threshold"][:4]] == [2, 1, 1, 0]
+
+
+def test_match_instances_empty_and_errors():
+    gt = np.zeros((8, 8), dtype=np.int64)
+    gt[1:3, 1:3], gt[5:7, 5:7] = 1, 2
+    result = match_instances(np.zeros_like(gt), gt)
+    row = result["per_threshold"][0]
+    assert (row["tp"], row["fp"], row["fn"], row["ap"], row["recall"]) == (0, 0, 2, 0.0, 0.0)
+    assert math.isnan(row["precision"])
+    with pytest.raises(TypeError, match="integer label map"):
+        match_instances(gt.astype(float), gt)
+    with pytest.raises(ValueError, match=r"IoU values in \(0, 1\]"):
+        match_instances(gt, gt, thresholds=[0.0])

@@ -1,0 +1,221 @@
+"""Tests for pixelwise.report: palette, overlay, PNGs, and the HTML page in headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelwise.report import confusion_matrix_png, overlay, palette, thumbnail_png, write_report
+
+DATA_PNG = "data:image/png;base64,"
+
+
+def test_palette_is_the_voc_colour_map():
+    colours = palette(256)
+    assert colours.dtype == np.uint8 and colours.shape == (256, 3)
+    expected = [
+        (0, 0, 0),
+        (128, 0, 0),
+        (0, 128, 0),
+        (128, 128, 0),
+        (0, 0, 128),
+        (128, 0, 128),
+        (0, 128, 128),
+        (128, 128, 128),
+        (64, 0, 0),
+        (192, 0, 0),
+    ]
+    assert [tuple(c) for c in colours[:10]] == expected
+    assert tuple(colours[255]) == (224, 224, 192)  # VOC's "void" colour
+    assert len({tuple(c) for c in colours}) == 256
+
+
+def test_overlay_blends_and_draws_contours():
+    image = np.full((8, 8), 100, dtype=np.uint8)
+    labels = np.zeros((8, 8), dtype=np.int64)
+    labels[2:7, 2:7] = 1
+    out = overlay(image, labels, alpha=0.4)
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    assert (out[0, 0] == 100).all()  # background untouched
+    red = palette(2)[1]
+    assert tuple(out[2, 2]) == tuple(red)  # contour pixel: opaque label colour
+    blended = np.round(0.6 * 100 + 0.4 * red.astype(float)).astype(np.uint8)
+    assert tuple(out[4, 4]) == tuple(blended)  # interior pixel: alpha blend
+    # float images are min-max scaled: 0.25 .. 0.75 becomes 0 .. 255
+    ramp = np.linspace(0.25, 0.75, 64).reshape(8, 8)
+    scaled = overlay(ramp, np.zeros((8, 8), dtype=np.int64))
+    assert scaled[0, 0, 0] == 0 and scaled[-1, -1, 0] == 255
+    # instance ids beyond the palette wrap around but never to black
+    wrapped = overlay(image, np.full((8, 8), 256), palette=palette(256))
+    np.testing.assert_array_equal(wrapped, overlay(image, np.full((8, 8), 1)))
+    with pytest.raises(ValueError, match=r"matching the image \(8, 8\), got shape \(4, 4\)"):
+        overlay(image, labels[:4, :4])
+
+
+def test_thumbnail_png_sizes():
+    rgb = np.zeros((100, 400, 3), dtype=np.uint8)
+    png = thumbnail_png(rgb, max_side=200)
+    assert png.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(png)).size == (200, 50)
+    small = Image.open(io.BytesIO(thumbnail_png(np.zeros((10, 20), np.uint8), max_side=200)))
+    assert small.size == (20, 10) and small.mode == "RGB"
+
+
+def test_confusion_matrix_png(tmp_path):
+    cm = np.array([[50, 5, 0], [10, 30, 0], [0, 0, 0]])
+    path = confusion_matrix_png(cm, ["bg", "cell", "edge"], tmp_path / "cm.png")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) >= 300
+    assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]
+    with pytest.raises(ValueError, match=r"K = len\(class_names\) = 2, got shape \(3, 3\)"):
+        confusion_matrix_png(cm, ["bg", "cell"], tmp_path / "x.png")
+
+
+def make_rows(n=5):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        image = rng.integers(0, 255, (32, 48), dtype=np.uint8)
+        labels = np.zeros((32, 48), dtype=np.int64)
+        labels[4 : 10 + i, 5:20] = 1
+        rows.append(
+            {
+                "name": f"img_{i}.png",
+                "thumbnail_png": thumbnail_png(overlay(image, labels)),
+                "mean_iou": [0.5, 0.9, float("nan"), 0.1, 0.7][i],
+                "pixel_error": [0.2, 0.01, 0.3, 0.4, 0.05][i],
+            }
+        )
+    return rows
+
+
+def card_order(page):
+    return re.findall(r'<div class="name">([^<]*)</div>', page)
+
+
+def test_write_report_content_and_order(tmp_path):
+    rows = make_rows()
+    rows[0]["name"] = "<b>&x"
+    cm_png = thumbnail_png(np.zeros((4, 4), np.uint8))
+    path = write_report(
+        tmp_path,
+        summary={"mean_iou": 0.55, "per_class_iou": [0.9, 0.2], "n": 5},
+        rows=rows,
+        title="Eval <run>",
+        figures={"confusion matrix": cm_png},
+    )
+    page = path.read_text()
+    assert path == tmp_path / "report.html"
+    assert card_order(page) == [
+        "img_3.png",
+        "&lt;b&gt;&amp;x",
+        "img_4.png",
+        "img_1.png",
+        "img_2.png",
+    ]
+    assert "<title>Eval &lt;run&gt;</title>" in page
+    assert "<td>0.5500</td>" in page and "<td>[0.9000, 0.2000]</td>" in page
+    assert page.count(DATA_PNG) == len(rows) + 1
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    page2 = write_report(
+        tmp_path,
+        summary={},
+        rows=rows,
+        title="t",
+        sort_key="pixel_error",
+        worst_first_descending=True,
+    ).read_text()
+    assert card_order(page2)[:2] == ["img_3.png", "img_2.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_report_rejects_bad_input(tmp_path):
+    rows = make_rows(2)
+    with pytest.raises(ValueError, match=r"sort_key 'miou' has no numeric value .*'mean_iou'"):
+        write_report(tmp_path, summary={}, rows=rows, title="t", sort_key="miou")
+    rows[1]["thumbnail_png"] = b"GIF89a"
+    with pytest.raises(ValueError, match="row 'img_1.png' thumbnail_png must be PNG bytes"):
+        write_report(tmp_path, summary={}, rows=rows, title="t")
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+                capture_output=True,
+                timeout=300,
+                check=False,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+        exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium not found and could not be installed with apt-get")
+    return exe
+
+
+def dump_dom(exe, html_path, tmp_path):
+    result = subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = [line for line in result.stderr.splitlines() if re.search(r"CONSOLE[(:]", line)]
+    uncaught = [line for line in result.stderr.splitlines() if "Uncaught" in line]
+    return result.stdout, console + uncaught
+
+
+def test_report_renders_in_headless_chromium(chromium, tmp_path):
+    rows = make_rows()
+    path = write_report(
+        tmp_path / "out",
+        summary={"mean_iou": 0.55},
+        rows=rows,
+        title="chromium check",
+        figures={"cm": rows[0]["thumbnail_png"]},
+    )
+    dom, console = dump_dom(chromium, path, tmp_path)
+    assert console == []
+    images = re.findall(r'<img src="data:image/png;base64,', dom)
+    assert len(images) == len(rows) + 1
+    assert dom.count('<div class="card">') == len(rows)
+    assert "chromium check" in dom
+
+
+def test_console_check_catches_script_errors(chromium, tmp_path):
+    # Negative control: the log parsing above must see an uncaught error when there is one.
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><script>throw new Error('boom');</script></body></html>")
+    _, console = dump_dom(chromium, page, tmp_path)
+    assert any("Uncaught Error: boom" in line for line in console)
