@@ -75,3 +75,14 @@ def test_registry_lists_known_names():
     with pytest.raises(ValueError, match="unknown model 'segnet'; known models: unet, fcn32s"):
         build("segnet")
     assert build("fcn16s", width=1 / 16).variant == "16s"
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "m.safetensors"
+    pixelwise.save(build("unet", base_channels=2, depth=2), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

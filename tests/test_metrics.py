@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import ndimage
 
 from pixelwise import metrics
@@ -314,6 +316,23 @@ def test_warping_error_hand_cases():
     merged[1:9, 10] = True
     assert warping_error(merged, two) == 8 / two.size
     assert rand_error(merged, two) > 0.0
+
+
+ISBI_LABEL = Path(__file__).resolve().parents[1].parent / "shared/data/isbi2012/train/label/0.png"
+
+
+@pytest.mark.skipif(not ISBI_LABEL.exists(), reason=f"ISBI 2012 data not found at {ISBI_LABEL}")
+def test_isbi_label_conventions_on_real_data():
+    label = np.array(Image.open(ISBI_LABEL))  # 255 = interior, 0 = membrane
+    assert set(np.unique(label)) == {0, 255}
+    assert pixel_error(label, label) == rand_error(label, label) == warping_error(label, label) == 0
+    # Membranes one pixel thicker: many pixel errors, but almost no topological ones.
+    interior = label == 255
+    thinner = ndimage.binary_erosion(interior, FOUR, border_value=1)
+    assert pixel_error(thinner, label) == np.count_nonzero(thinner != interior) / label.size
+    assert pixel_error(thinner, label) > 0.03
+    assert warping_error(thinner, label) < pixel_error(thinner, label) / 50
+    assert 0 < rand_error(thinner, label) < 0.2
 
 
 # ---------------------------------------------------------------- instances

@@ -23,6 +23,8 @@ from pixelwise.models import build, model_config
 FORMAT = "pixelwise-checkpoint"
 VERSION = 1
 _EXTRA = "extra/"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -40,6 +42,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

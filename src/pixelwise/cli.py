@@ -10,8 +10,10 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pixelwise.checkpoint import CheckpointError
+from pixelwise.data import DataError
 
 
 class UserError(Exception):
@@ -86,6 +88,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         if f.name in ("data", "model_args"):
             continue
+        if f.name == "class_names":
+            p.add_argument("--class-names", nargs="+", help="class names stored in the checkpoint")
+            continue
         default = f.default if f.default is not MISSING else None
         flag = "--" + f.name.replace("_", "-")
         help_ = _TRAIN_HELP.get(f.name, "") + f" (default: {default})"
@@ -148,6 +153,74 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pixelwise.inference import distributed_context, predict_files
+
+    rank, world, _ = distributed_context()
+    summary = predict_files(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        tile_size=args.tile,
+        batch_size=args.batch,
+        tta=args.tta,
+        pad_mode=args.pad_mode,
+        probs=args.probs,
+        overlay=args.overlay,
+        objects=args.objects,
+        output_format=args.format,
+        device=args.device,
+        progress=not args.no_progress,
+        rank=rank,
+        world_size=world,
+    )
+    print(summary.report())
+    return summary.exit_status
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pixelwise.export import export_onnx
+
+    path = export_onnx(args.checkpoint, args.onnx, opset=args.opset, example_size=args.size)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pixelwise.data import DataError
+    from pixelwise.evaluate import evaluate
+
+    try:
+        result = evaluate(
+            args.checkpoint,
+            args.data,
+            args.out,
+            tta=args.tta,
+            isbi=args.isbi,
+            split=args.split,
+            ignore_index=args.ignore_index,
+            instances=args.instances or None,
+            tile_size=args.tile,
+            device=args.device,
+        )
+    except (DataError, ValueError) as e:
+        raise UserError(str(e)) from None
+    keys = ["pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"]
+    keys += ["pixel_error", "rand_error", "warping_error"] if args.isbi else []
+    for key in keys:
+        value = result[key]
+        print(f"{key:16s} {value:.4f}" if value is not None else f"{key:16s} n/a")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pixelwise.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelwise",
@@ -157,9 +230,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the models' geometry and parameter counts")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser(
+        "demo",
+        help="train U-Net on synthetic touching cells, with and without "
+        "border weights, and show the results",
+    )
+    p.add_argument("--out", default="pixelwise-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a tiny run, for a smoke test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("train", help="train a model on a labelled dataset")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="segment images of any size with overlap-tile inference")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, TIFF stacks")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tile", type=int, help="input tile size (default: fit the memory budget)")
+    p.add_argument("--batch", type=int, help="tiles per batch")
+    p.add_argument("--tta", choices=("flips", "d4"), help="average flipped/rotated predictions")
+    p.add_argument("--pad-mode", default="reflect", choices=("reflect", "constant", "replicate"))
+    p.add_argument("--probs", action="store_true", help="also write probability TIFFs")
+    p.add_argument("--overlay", action="store_true", help="also write colour overlay PNGs")
+    p.add_argument("--objects", action="store_true", help="also write an object table per image")
+    p.add_argument("--format", default="png", choices=("png", "tif"), help="class-map format")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic height and width)")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--size", type=int, help="example input size to trace (a valid size)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a labelled dataset, with a report")
+    p.add_argument("checkpoint")
+    p.add_argument("data", help="labelled dataset folder")
+    p.add_argument("--out", required=True, help="folder for metrics.json, CSV, PNG, report.html")
+    p.add_argument("--tta", choices=("flips", "d4"))
+    p.add_argument("--isbi", action="store_true", help="add ISBI 2012 pixel/Rand/warping errors")
+    p.add_argument("--split", help="dataset split (e.g. val)")
+    p.add_argument("--ignore-index", type=int, help="mask value to leave out of the scores")
+    p.add_argument("--instances", action="store_true", help="masks hold instance labels")
+    p.add_argument("--tile", type=int)
+    p.add_argument("--device")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("data", help="inspect datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -180,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, CheckpointError) as e:
+    except (UserError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

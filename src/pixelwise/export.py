@@ -10,7 +10,8 @@ What another tool needs to tile and normalise lies in the model's `metadata_prop
 JSON string (read them back with `read_onnx_metadata`):
 
     model, model_args, in_channels, num_classes, margin, stride, receptive_radius,
-    normalization (null when the checkpoint has none), class_names, palette
+    normalization (null when the checkpoint has none), class_names, palette,
+    exporter ("dynamo" or "torchscript": which one wrote the graph)
 
 Exporters: torch's dynamo exporter (`torch.export` + onnxscript) is tried first; if it raises, or
 the model it writes disagrees with PyTorch at a second input size, the TorchScript exporter is
@@ -197,6 +198,18 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: str, opse
         )
 
 
+def _export_with(method, model: nn.Module, example: torch.Tensor, opset: int):
+    """Run one exporter into a temporary folder; return the loaded `onnx.ModelProto`."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = os.path.join(tmp, "model.onnx")
+        method(model, example, raw, opset)
+        proto = onnx.load(raw)  # also loads external weight files, before tmp is removed
+    _name_dims(proto, int(model.margin))
+    return proto
+
+
 def _name_dims(proto, margin: int) -> None:
     """Name the symbolic axes of the graph's input and output the same way for every exporter.
 
@@ -243,7 +256,7 @@ def verify_onnx(
             ref = model(x).numpy()
         try:
             got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-        except Exception as e:  # noqa: BLE001 - any runtime failure is a failed verification
+        except Exception as e:  # any runtime failure is a failed verification
             return f"onnxruntime failed at input {(n, in_channels, h, w)}: {e}"
         if got.shape != ref.shape:
             return f"output shape {got.shape} != PyTorch {ref.shape} at input {(n, h, w)}"
@@ -301,15 +314,12 @@ def export_onnx(
     try:
         example = torch.zeros(2, model_config(model)[1]["in_channels"], h, w)
         for name in order:
-            with tempfile.TemporaryDirectory() as tmp:
-                raw = os.path.join(tmp, "model.onnx")
-                try:
-                    methods[name](model, example, raw, opset)
-                    proto = onnx.load(raw)
-                    _name_dims(proto, int(model.margin))
-                except Exception as e:  # noqa: BLE001 - try the next exporter, report all
-                    failures.append(f"{name}: export failed ({type(e).__name__}: {e})")
-                    continue
+            try:
+                proto = _export_with(methods[name], model, example, opset)
+            except Exception as e:  # try the next exporter; report every failure
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                failures.append(f"{name}: export failed ({type(e).__name__}: {first})")
+                continue
             reason = verify_onnx(proto, model, checks) if verify else None
             if reason is None:
                 break
@@ -318,7 +328,8 @@ def export_onnx(
             raise ExportError("ONNX export failed; " + "; ".join(failures))
     finally:
         model.train(was_training).to(device)
-    for key, value in onnx_metadata(model, meta).items():
+    props = onnx_metadata(model, meta) | {"exporter": json.dumps(name)}
+    for key, value in props.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))

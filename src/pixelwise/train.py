@@ -52,6 +52,7 @@ class TrainConfig:
         data: dataset folder (any layout `pixelwise.data.open_dataset` reads).
         val_data: separate validation folder; else `val_fraction` of `data` is held out.
         layout, split, val_split, num_classes, ignore_index, instances: see `open_dataset`.
+        class_names: names stored in the checkpoint (default "class 0", "class 1", ...).
     Model:
         model: registry name ("unet", "fcn8s", ...); model_args: constructor keywords
             (in_channels and num_classes come from the data unless given).
@@ -80,6 +81,7 @@ class TrainConfig:
     num_classes: int | None = None
     ignore_index: int | None = None
     instances: bool = False
+    class_names: list[str] | None = None
     model: str = "unet"
     model_args: dict[str, Any] = field(default_factory=dict)
     steps: int = 1000
@@ -126,6 +128,7 @@ class TrainConfig:
             (self.amp in (None, *AMP_DTYPES), "amp must be bf16, fp16 or None"),
             (self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.class_names is None or len(self.class_names) >= 1, "class_names is empty"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -506,7 +509,7 @@ def train(
     tile, label = patch_geometry(model, cfg.patch_size)
     meta_common = {
         "normalization": train_ds.normalization,
-        "class_names": [f"class {i}" for i in range(num_classes)],
+        "class_names": cfg.class_names or [f"class {i}" for i in range(num_classes)],
         "ignore_index": cfg.ignore_index,
         "config": asdict(cfg),
     }

@@ -1,0 +1,341 @@
+"""Benchmark of overlap-tile inference (`pixelwise.tiling.predict`); prints one markdown table.
+
+    python benchmarks/tiling.py            # full run (< 15 min on 2 cores)
+    python benchmarks/tiling.py --quick    # smaller images (~1 min)
+
+Sections (every measurement runs in a fresh subprocess with torch.set_num_threads(2); time is
+the wall time of one call after the model is built, peak RSS the worker's ru_maxrss):
+
+1. Padded U-Net (padding="same", batch norm in eval mode, base 32, depth 5) on a 2048² image:
+   `predict` at its defaults vs MONAI's sliding_window_inference (roi 256, overlap 0.25,
+   gaussian, sw_batch_size 4) vs whole-image inference; deviation from the whole image.
+2. The paper's valid U-Net geometry (depth 5, base 32): tiled (defaults, and the paper's
+   572-pixel tiles) vs the whole mirror-extended image.
+3. An 8192² uint8 TIFF → uint8 class-map TIFF, streamed through out=tifffile.memmap with a small
+   valid U-Net (depth 5, base 8): throughput and peak RSS.
+4. Achieved GFLOP/s (convolution FLOPs counted with torch.utils.flop_counter on the meta device
+   for every input shape the model saw) against fp32 torch.mm in the same run; channels_last and
+   bfloat16 autocast against fp32 on the section-1 network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+THREADS = 2
+SAME = dict(base_channels=32, depth=5, padding="same", batch_norm=True)
+VALID = dict(base_channels=32, depth=5, padding="valid")
+SMALL = dict(base_channels=8, depth=5, padding="valid")
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side: one measurement per process
+# --------------------------------------------------------------------------------------------
+
+
+def _build(arch: dict, state: str) -> torch.nn.Module:
+    from pixelwise.models import UNet
+
+    model = UNet(1, 2, **arch)
+    model.load_state_dict(torch.load(state, weights_only=True))
+    return model.eval()
+
+
+def _flops(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward pass on an input of `shape`, counted on the meta device."""
+    from torch.func import functional_call
+    from torch.utils.flop_counter import FlopCounterMode
+
+    state = {
+        k: torch.empty_like(v, device="meta")
+        for k, v in itertools.chain(model.named_parameters(), model.named_buffers())
+    }
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        functional_call(model, state, (torch.empty(shape, device="meta"),))
+    return counter.get_total_flops()
+
+
+def _whole(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """Whole-image inference: mirror by margin, right/bottom up to a valid size, crop."""
+    h, w = image.shape
+    m = model.margin
+
+    def valid(n: int) -> int:
+        return model.valid_input_sizes(n, n + 16 * model.stride + 8 * m)[0]
+
+    nh, nw = valid(h + 2 * m), valid(w + 2 * m)
+    ext = np.pad(image, ((m, nh - h - m), (m, nw - w - m)), mode="reflect")
+    with torch.inference_mode():
+        probs = model(torch.from_numpy(ext)[None, None]).softmax(1)
+    return probs[0, :, :h, :w].numpy()
+
+
+def _monai(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            x, roi_size=(256, 256), sw_batch_size=4, predictor=model, overlap=0.25,
+            mode="gaussian",
+        )  # fmt: skip
+    return logits.softmax(1)[0].numpy()
+
+
+def worker(cfg: dict) -> dict:
+    torch.set_num_threads(THREADS)
+    from pixelwise.tiling import predict
+
+    if cfg["kind"] == "mm":
+        a = torch.randn(4096, 4096)
+        a @ a  # warm-up
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t0)
+        return {"gflops": 2 * 4096**3 / float(np.median(times)) / 1e9}
+
+    model = _build(cfg["arch"], cfg["state"])
+    shapes: Counter = Counter()
+    model.register_forward_hook(lambda _m, args, _y: shapes.update([tuple(args[0].shape)]))
+    kind = cfg["kind"]
+    if kind == "stream":
+        import tifffile
+
+        source = tifffile.memmap(cfg["image"], mode="r")
+        sink = tifffile.memmap(cfg["result"], shape=source.shape, dtype=np.uint8)
+        t0 = time.perf_counter()
+        predict(model, source, output="labels", out=sink)
+        sink.flush()
+        seconds = time.perf_counter() - t0
+        pixels = source.shape[0] * source.shape[1]
+        fractions = np.bincount(np.asarray(sink[::64, ::64]).ravel(), minlength=2) / sink[
+            ::64, ::64
+        ].size
+        extra = {"class1": float(fractions[1])}
+    else:
+        image = np.load(cfg["image"], mmap_mode="r")
+        pixels = image.shape[0] * image.shape[1]
+        t0 = time.perf_counter()
+        if kind == "whole":
+            probs = _whole(model, np.asarray(image))
+        elif kind == "monai":
+            probs = _monai(model, image)
+        else:
+            probs = predict(model, image, **cfg.get("kwargs", {}))
+        seconds = time.perf_counter() - t0
+        np.save(cfg["result"], probs)
+        extra = {}
+    flops = sum(count * _flops(model, shape) for shape, count in shapes.items())
+    return {
+        "seconds": seconds,
+        "mpx_s": pixels / seconds / 1e6,
+        "gflops": flops / seconds / 1e9,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "calls": ", ".join(f"{c}×{tuple(s)}" for s, c in shapes.items()),
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _run(cfg: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"worker {cfg['kind']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _smooth_image(size: int, seed: int) -> np.ndarray:
+    """Normalised smooth noise: blobs a few pixels across, zero mean, unit variance."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    image = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 3)
+    return (image - image.mean()) / image.std()
+
+
+def _save_model(arch: dict, path: Path) -> str:
+    """Seeded weights; batch-norm statistics and affine parameters randomised so that batch
+    norm is not the identity."""
+    from pixelwise.models import UNet
+
+    torch.manual_seed(0)
+    model = UNet(1, 2, **arch)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def _write_tiff(path: Path, size: int) -> None:
+    """A size² uint8 contiguous TIFF written strip by strip (never the float image in memory)."""
+    import tifffile
+
+    data = tifffile.memmap(path, shape=(size, size), dtype=np.uint8)
+    strip = 512
+    for top in range(0, size, strip):
+        block = _smooth_image(strip, seed=top)[: min(strip, size - top), :]
+        block = np.tile(block, (1, -(-size // strip)))[:, :size]
+        data[top : top + block.shape[0]] = np.clip(block * 40 + 128, 0, 255).astype(np.uint8)
+    data.flush()
+    del data
+
+
+def _deviation(result: str, reference: str) -> dict:
+    a, b = np.load(result, mmap_mode="r"), np.load(reference, mmap_mode="r")
+    diff = np.abs(np.asarray(a) - np.asarray(b))
+    agree = float((np.asarray(a).argmax(0) == np.asarray(b).argmax(0)).mean())
+    return {"max_dev": float(diff.max()), "mean_dev": float(diff.mean()), "agree": agree}
+
+
+def _row(section: str, method: str, size: str, r: dict, mm: float) -> str:
+    dev = (
+        f"{r['max_dev']:.2e} | {r['mean_dev']:.2e} | {100 * r['agree']:.3f}%"
+        if "max_dev" in r
+        else "– | – | –"
+    )
+    return (
+        f"| {section} | {method} | {size} | {r['seconds']:.1f} | {r['mpx_s']:.3f} | "
+        f"{r['gflops']:.1f} ({r['gflops'] / mm:.2f}) | {r['rss_mb']:.0f} | {dev} | {r['calls']} |"
+    )
+
+
+def main(quick: bool) -> None:
+    s1, s2, s3, s4 = (512, 256, 2048, 256) if quick else (2048, 1024, 8192, 1024)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        same = _save_model(SAME, tmp / "same.pt")
+        valid = _save_model(VALID, tmp / "valid.pt")
+        small = _save_model(SMALL, tmp / "small.pt")
+        rows = []
+        mm = _run({"kind": "mm"})["gflops"]
+
+        def measure(name: str, cfg: dict, reference: str | None = None) -> dict:
+            cfg = {**cfg, "result": str(tmp / f"{name}.npy")}
+            r = _run(cfg)
+            if reference is not None:
+                r |= _deviation(cfg["result"], str(tmp / f"{reference}.npy"))
+            return r
+
+        # 1. same-padding U-Net: predict vs MONAI vs whole image
+        np.save(tmp / "img1.npy", _smooth_image(s1, seed=1))
+        base = {"arch": SAME, "state": same, "image": str(tmp / "img1.npy")}
+        whole1 = measure("whole1", {**base, "kind": "whole"})
+        pw1 = measure("pw1", {**base, "kind": "predict"}, "whole1")
+        monai1 = measure("monai1", {**base, "kind": "monai"}, "whole1")
+        size1 = f"{s1}²"
+        rows += [
+            _row("1 same U-Net", "whole image", size1, whole1, mm),
+            _row("1 same U-Net", "pixelwise predict (defaults)", size1, pw1, mm),
+            _row("1 same U-Net", "MONAI sliding window (256, 0.25, gaussian)", size1, monai1, mm),
+        ]
+
+        # 2. valid (paper) U-Net: tiled vs whole mirror-extended image
+        np.save(tmp / "img2.npy", _smooth_image(s2, seed=2))
+        base = {"arch": VALID, "state": valid, "image": str(tmp / "img2.npy")}
+        whole2 = measure("whole2", {**base, "kind": "whole"})
+        pw2 = measure("pw2", {**base, "kind": "predict"}, "whole2")
+        paper2 = measure("paper2", {**base, "kind": "predict", "kwargs": {"tile_size": 572}})
+        paper2 |= _deviation(str(tmp / "paper2.npy"), str(tmp / "whole2.npy"))
+        size2 = f"{s2}²"
+        rows += [
+            _row("2 valid U-Net", "whole mirror-extended image", size2, whole2, mm),
+            _row("2 valid U-Net", "pixelwise predict (defaults)", size2, pw2, mm),
+            _row("2 valid U-Net", "pixelwise predict (tile 572, paper)", size2, paper2, mm),
+        ]
+
+        # 3. streaming a large uint8 TIFF to a class-map TIFF
+        _write_tiff(tmp / "big.tif", s3)
+        stream = _run(
+            {
+                "kind": "stream",
+                "arch": SMALL,
+                "state": small,
+                "image": str(tmp / "big.tif"),
+                "result": str(tmp / "labels.tif"),
+            }
+        )
+        rows.append(_row("3 stream (base 8)", "TIFF → labels TIFF", f"{s3}² uint8", stream, mm))
+
+        # 4. channels_last / bf16 against fp32 on the section-1 network
+        np.save(tmp / "img4.npy", _smooth_image(s4, seed=4))
+        base = {"arch": SAME, "state": same, "image": str(tmp / "img4.npy"), "kind": "predict"}
+        fp32 = measure("fp32", base)
+        size4 = f"{s4}²"
+        rows.append(_row("4 precision", "fp32", size4, fp32, mm))
+        variants = {
+            "channels_last": {"channels_last": True},
+            "bf16 autocast": {"autocast": "bf16"},
+            "bf16 + channels_last": {"autocast": "bf16", "channels_last": True},
+        }
+        speed4 = {}
+        for i, (label, kwargs) in enumerate(variants.items()):
+            r = measure(f"v{i}", {**base, "kwargs": kwargs}, "fp32")
+            speed4[label] = (fp32["seconds"] / r["seconds"], r["agree"])
+            rows.append(_row("4 precision", label, size4, r, mm))
+
+    header = (
+        "| section | method | image | time s | Mpx/s | GFLOP/s (÷ mm) | peak RSS MB | "
+        "max abs dev | mean abs dev | argmax agree | model calls (count×input shape) |"
+    )
+    print(
+        f"pixelwise tiling benchmark{' (--quick)' if quick else ''}: torch {torch.__version__}, "
+        f"{THREADS} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"fp32 torch.mm {mm:.1f} GFLOP/s, load average {load_before:.1f} → "
+        f"{os.getloadavg()[0]:.1f}, total {time.perf_counter() - started:.0f} s"
+    )
+    print()
+    print(header)
+    print("|" + "---|" * header.count("|")[:-1] if False else "|" + "---|" * (header.count("|") - 1))
+    print("\n".join(rows))
+    print()
+    vs_monai = monai1["seconds"] / pw1["seconds"]
+    print(
+        f"1: predict {vs_monai:.2f}× MONAI's throughput (target ≥ 1.5), max dev "
+        f"{pw1['max_dev']:.1e} vs MONAI {monai1['max_dev']:.1e}. "
+        f"2: max dev {pw2['max_dev']:.1e} (target ≤ 1e-4), throughput "
+        f"{whole2['seconds'] / pw2['seconds']:.2f}× whole image (target ≥ 0.7). "
+        f"3: peak RSS {stream['rss_mb']:.0f} MB (target ≤ 1536). "
+        f"4: fp32 at {fp32['gflops'] / mm:.2f}× mm (aim ≥ 0.5); "
+        + "; ".join(f"{k} {v[0]:.2f}× fp32 speed, {100 * v[1]:.3f}% agree" for k, v in speed4.items())
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small images, ~1 minute")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+    else:
+        main(args.quick)

@@ -1,0 +1,338 @@
+"""pixelwise.inference: predict_files end to end, bad inputs, streaming, rank split."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+import pixelwise
+from pixelwise import instances, report, tiling
+from pixelwise.data import read_image, to_chw_float
+from pixelwise.inference import (
+    NormalizedImage,
+    distributed_context,
+    expand_inputs,
+    output_names,
+    predict_files,
+    select_device,
+)
+from pixelwise.models import UNet
+
+NORM = {"mean": [0.45], "std": [0.1], "scale": 1 / 255}
+PALETTE = [[0, 0, 0], [255, 255, 0]]  # shorter than the 3 classes: class 2 gets VOC green
+
+
+def _model(in_channels: int = 1, padding: str = "valid") -> UNet:
+    torch.manual_seed(0)
+    return UNet(in_channels, 3, base_channels=4, depth=3, padding=padding).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    pixelwise.save(
+        _model(), path, normalization=NORM, class_names=["bg", "a", "b"], palette=PALETTE
+    )
+    return path
+
+
+def _smooth(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """uint8 image with blobs, so the tiny network predicts several classes."""
+    y, x = np.mgrid[:h, :w]
+    img = 110 + 40 * np.sin(x / 4.0) * np.cos(y / 5.0) + rng.normal(0, 12, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def good_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """a.png (40×52), b.tif (37×45), c.jpg (33×41), stack.tif (3 pages of 30×36)."""
+    folder = tmp_path_factory.mktemp("good")
+    rng = np.random.default_rng(0)
+    Image.fromarray(_smooth(rng, 40, 52)).save(folder / "a.png")
+    tifffile.imwrite(folder / "b.tif", _smooth(rng, 37, 45))
+    Image.fromarray(_smooth(rng, 33, 41)).save(folder / "c.jpg", quality=95)
+    stack = np.stack([_smooth(rng, 30, 36) for _ in range(3)])
+    tifffile.imwrite(folder / "stack.tif", stack, photometric="minisblack")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+GOOD = {
+    "a": ("a.png", None),
+    "b": ("b.tif", None),
+    "c": ("c.jpg", None),
+    "stack_p0000": ("stack.tif", 0),
+    "stack_p0001": ("stack.tif", 1),
+    "stack_p0002": ("stack.tif", 2),
+}
+
+
+def _reference_probs(folder: Path, file: str, page: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(raw image, (K, H, W) probabilities) computed directly with tiling.predict."""
+    raw = read_image(folder / file, page=page)
+    x = to_chw_float(raw, normalization=NORM)
+    return raw, tiling.predict(_model(), x, output="probs")
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+@pytest.fixture(scope="module")
+def full_run(checkpoint: Path, good_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("out")
+    lines: list[str] = []
+    summary = predict_files(
+        checkpoint,
+        [good_folder],
+        out,
+        probs=True,
+        overlay=True,
+        objects=True,
+        progress=False,
+        device="cpu",  # the references below run on the CPU: bitwise comparable
+        log=lines.append,
+    )
+    return out, summary, lines
+
+
+def test_every_image_and_page_gets_its_outputs(full_run) -> None:
+    out, summary, lines = full_run
+    assert summary.ok and summary.exit_status == 0
+    assert summary.images == 6
+    expected = set()
+    for name in GOOD:
+        expected |= {
+            out / f"{name}.png",
+            out / "probs" / f"{name}.tif",
+            out / "overlays" / f"{name}.png",
+            out / "objects" / f"{name}.csv",
+        }
+    assert set(summary.written) == expected
+    assert all(p.is_file() for p in expected)
+    assert len(lines) == 6  # one line per image, naming its outputs
+    assert lines[0].startswith("[1/4] ") and "a.png → a.png, probs/a.tif" in lines[0]
+    assert _temp_files(out) == []
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_outputs_match_tiling_predict_on_normalised_image(full_run, good_folder, name) -> None:
+    out, _, _ = full_run
+    raw, probs = _reference_probs(good_folder, *GOOD[name])
+    labels = probs.argmax(axis=0)
+    assert len(np.unique(labels)) >= 2  # the check below is not vacuous
+
+    class_map = Image.open(out / f"{name}.png")
+    assert class_map.mode == "P"  # palette PNG whose indices are the class ids
+    np.testing.assert_array_equal(np.array(class_map), labels)
+    colours = np.array(class_map.getpalette()[:9]).reshape(3, 3)
+    np.testing.assert_array_equal(colours, [[0, 0, 0], [255, 255, 0], [0, 128, 0]])
+
+    stored = tifffile.imread(out / "probs" / f"{name}.tif")
+    assert stored.dtype == np.float32 and stored.shape == probs.shape
+    np.testing.assert_allclose(stored, probs, atol=1e-6)
+
+    rgb = read_image(out / "overlays" / f"{name}.png")
+    colours = np.array([[0, 0, 0], [255, 255, 0], [0, 128, 0]], np.uint8)
+    np.testing.assert_array_equal(rgb, report.overlay(raw, labels, alpha=0.4, palette=colours))
+
+    with open(out / "objects" / f"{name}.csv") as f:
+        rows = list(csv.DictReader(f))
+    objects = instances.label(labels)
+    assert len(rows) == objects.max()
+    table = instances.object_table(objects, class_map=labels, probs=probs)
+    assert [int(r["area"]) for r in rows] == [t["area"] for t in table]
+    assert [int(r["class"]) for r in rows] == [t["class"] for t in table]
+
+
+def test_without_probs_the_class_map_is_tiling_labels_and_tif_format(
+    checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    summary = predict_files(
+        checkpoint, [good_folder / "b.tif"], tmp_path, output_format="tif", device="cpu", log=None
+    )
+    assert summary.written == [tmp_path / "b.tif"]
+    x = to_chw_float(read_image(good_folder / "b.tif"), normalization=NORM)
+    expected = tiling.predict(_model(), x, output="labels")
+    stored = tifffile.imread(tmp_path / "b.tif")
+    assert stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, expected)
+
+
+@pytest.mark.filterwarnings("ignore:.*zero-size array:UserWarning")
+def test_bad_inputs_get_one_line_each_and_good_files_are_still_written(
+    checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "in"
+    bad.mkdir()
+    (bad / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    Image.fromarray(np.full((20, 24, 3), 100, np.uint8)).save(bad / "rgb.png")
+    tifffile.imwrite(bad / "empty.tif", np.zeros((0, 0), np.uint8))
+    nan = np.full((20, 24), 0.5, np.float32)
+    nan[3, 4] = np.nan
+    tifffile.imwrite(bad / "nan.tif", nan)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    summary = predict_files(
+        checkpoint,
+        [bad, good_folder / "a.png", tmp_path / "missing.png"],
+        out,
+        progress=False,
+        log=lines.append,
+    )
+    assert summary.exit_status == 1 and summary.images == 1
+    assert summary.written == [out / "a.png"] and (out / "a.png").is_file()
+    failed = {f.source: f.message for f in summary.failures}
+    assert set(failed) == {
+        str(tmp_path / "missing.png"),
+        str(bad / "corrupt.png"),
+        str(bad / "empty.tif"),
+        str(bad / "nan.tif"),
+        str(bad / "rgb.png"),
+    }
+    assert failed[str(tmp_path / "missing.png")] == (
+        f"{tmp_path / 'missing.png'}: no such file or folder; check the path"
+    )
+    assert failed[str(bad / "rgb.png")] == (
+        f"{bad / 'rgb.png'}: image is RGB, 3 channels but the model takes 1 channel(s); "
+        "convert it to grayscale (e.g. PIL's Image.convert('L')) or use a model trained on "
+        "3-channel images"
+    )
+    assert failed[str(bad / "empty.tif")] == (
+        f"{bad / 'empty.tif'}: image is empty (0, 0 pixels); remove the file or replace it "
+        "with a real image"
+    )
+    assert failed[str(bad / "nan.tif")].startswith(
+        f"{bad / 'nan.tif'}: image has 1 NaN or infinite values; replace NaNs"
+    )
+    assert failed[str(bad / "corrupt.png")].startswith(f"{bad / 'corrupt.png'}: cannot read image")
+    failed_lines = [line for line in lines if line.startswith("failed: ")]
+    assert sorted(failed_lines) == sorted(f"failed: {m}" for m in failed.values())
+    assert all("\n" not in line and "Traceback" not in line for line in lines)
+    assert "5 input(s) failed" in summary.report()
+    assert _temp_files(out) == []
+
+
+def test_wrong_channels_message_for_a_three_channel_model(tmp_path: Path) -> None:
+    model = _model(in_channels=3, padding="same")
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(np.full((16, 16, 3), 9, np.uint8)).save(tmp_path / "rgb.png")
+    summary = predict_files(model, [tmp_path], tmp_path / "out", log=None)
+    assert summary.written == [tmp_path / "out" / "rgb.png"]
+    assert [f.message for f in summary.failures] == [
+        f"{tmp_path / 'gray.png'}: image is grayscale, 1 channel but the model takes 3 "
+        "channel(s); convert it to RGB or use a model trained on 1-channel images"
+    ]
+
+
+def test_streamed_prediction_equals_in_memory(
+    checkpoint: Path, good_folder: Path, full_run, tmp_path: Path
+) -> None:
+    """Above stream_pixels the input is memory-mapped, normalised per tile and the outputs are
+    memory-mapped TIFFs; the numbers are those of the in-memory path."""
+    full_out = full_run[0]
+    lines: list[str] = []
+    summary = predict_files(
+        checkpoint,
+        [good_folder / "b.tif", good_folder / "a.png"],
+        tmp_path,
+        probs=True,
+        overlay=True,
+        stream_pixels=100,
+        device="cpu",
+        log=lines.append,
+    )
+    assert summary.ok and summary.images == 2
+    for name in ("a", "b"):
+        labels = tifffile.imread(tmp_path / f"{name}.tif")
+        np.testing.assert_array_equal(labels, np.array(Image.open(full_out / f"{name}.png")))
+        probs = tifffile.imread(tmp_path / "probs" / f"{name}.tif")
+        np.testing.assert_allclose(probs, tifffile.imread(full_out / "probs" / f"{name}.tif"))
+        assert not (tmp_path / "overlays" / f"{name}.png").exists()
+    assert len(summary.notes) == 2 and "overlay skipped" in summary.notes[0]
+    assert sum(line.startswith("note: ") for line in lines) == 2
+    assert _temp_files(tmp_path) == []
+
+
+def test_interrupted_streamed_write_leaves_no_file(
+    checkpoint: Path, good_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    def crash(model, image, *, out, **kwargs):
+        out[:5] = 1  # half-written map
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiling, "predict", crash)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(checkpoint, [good_folder / "b.tif"], tmp_path, stream_pixels=1, log=None)
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_normalized_image_reads_regions_normalised() -> None:
+    raw = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7)
+    view = NormalizedImage(raw, NORM, "x")
+    assert view.shape == (1, 5, 7) and view.ndim == 3 and view.dtype == np.float32
+    full = to_chw_float(raw, normalization=NORM)
+    np.testing.assert_array_equal(view[:, 1:4, 2:6], full[:, 1:4, 2:6])
+    np.testing.assert_allclose(view[0, 0:1, 0:1], [[-4.5]], rtol=1e-6)
+
+
+def test_rank_split_is_disjoint_and_covers_all(
+    checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    written = []
+    for rank in (0, 1):
+        summary = predict_files(
+            checkpoint, [good_folder], tmp_path, rank=rank, world_size=2, log=None
+        )
+        assert summary.ok
+        written.append({p.name for p in summary.written})
+    assert written[0] == {"a.png", "c.png"}  # files[0::2] of a.png, b.tif, c.jpg, stack.tif
+    assert written[1] == {"b.png", "stack_p0000.png", "stack_p0001.png", "stack_p0002.png"}
+    assert {p.name for p in tmp_path.iterdir()} == written[0] | written[1]
+
+
+def test_distributed_context_reads_torchrun_variables() -> None:
+    assert distributed_context({}) == (0, 1, 0)
+    assert distributed_context({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
+    with pytest.raises(ValueError, match="RANK must be an integer, got 'x'"):
+        distributed_context({"RANK": "x"})
+    with pytest.raises(ValueError, match=r"got rank 4 and world_size 4"):
+        distributed_context({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_select_device() -> None:
+    assert select_device("cpu", 5) == torch.device("cpu")
+    expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert select_device(None, 0) == expected
+
+
+def test_expand_inputs_and_output_names(good_folder: Path, tmp_path: Path) -> None:
+    files, failures = expand_inputs([good_folder, good_folder / "a.png", tmp_path])
+    assert [f.name for f in files] == ["a.png", "b.tif", "c.jpg", "stack.tif"]  # a.png once
+    assert [f.message for f in failures] == [
+        f"{tmp_path}: folder has no image files (.png, .jpg, .jpeg, .tif, .tiff); point at the "
+        "folder holding the images"
+    ]
+    paths = [Path("x/a.png"), Path("x/a.tif"), Path("x/b.png"), Path("y/b.png"), Path("c.tif")]
+    assert output_names(paths) == ["a_png", "a_tif", "x_b_png", "y_b_png", "c"]
+
+
+def test_options_that_would_fail_every_file_raise_first(
+    checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"tile_size 50 is not a valid input size.*48, 52"):
+        predict_files(checkpoint, [good_folder], tmp_path, tile_size=50, log=None)
+    with pytest.raises(ValueError, match=r"output_format must be one of \('png', 'tif'\)"):
+        predict_files(checkpoint, [good_folder], tmp_path, output_format="jpg", log=None)
+    with pytest.raises(ValueError, match=r"autocast must be None or one of \('bf16', 'fp16'\)"):
+        predict_files(checkpoint, [good_folder], tmp_path, autocast="int8", log=None)
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        predict_files(checkpoint, [good_folder], good_folder, log=None)
+    assert list(tmp_path.iterdir()) == []
