@@ -123,9 +123,9 @@ def worker(cfg: dict) -> dict:
         sink.flush()
         seconds = time.perf_counter() - t0
         pixels = source.shape[0] * source.shape[1]
-        fractions = np.bincount(np.asarray(sink[::64, ::64]).ravel(), minlength=2) / sink[
-            ::64, ::64
-        ].size
+        fractions = (
+            np.bincount(np.asarray(sink[::64, ::64]).ravel(), minlength=2) / sink[::64, ::64].size
+        )
         extra = {"class1": float(fractions[1])}
     else:
         image = np.load(cfg["image"], mmap_mode="r")
@@ -315,7 +315,7 @@ def main(quick: bool) -> None:
     )
     print()
     print(header)
-    print("|" + "---|" * header.count("|")[:-1] if False else "|" + "---|" * (header.count("|") - 1))
+    print("|" + "---|" * (header.count("|") - 1))
     print("\n".join(rows))
     print()
     vs_monai = monai1["seconds"] / pw1["seconds"]
@@ -326,7 +326,9 @@ def main(quick: bool) -> None:
         f"{whole2['seconds'] / pw2['seconds']:.2f}× whole image (target ≥ 0.7). "
         f"3: peak RSS {stream['rss_mb']:.0f} MB (target ≤ 1536). "
         f"4: fp32 at {fp32['gflops'] / mm:.2f}× mm (aim ≥ 0.5); "
-        + "; ".join(f"{k} {v[0]:.2f}× fp32 speed, {100 * v[1]:.3f}% agree" for k, v in speed4.items())
+        + "; ".join(
+            f"{k} {v[0]:.2f}× fp32 speed, {100 * v[1]:.3f}% agree" for k, v in speed4.items()
+        )
     )
 
 

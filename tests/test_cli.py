@@ -85,6 +85,15 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, dataset):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_option_the_model_cannot_use_is_a_user_error(trained, dataset, tmp_path, capsys):
+    # base 4, depth 3 valid U-Net: 50 is not a valid input size (pooling would meet an odd size)
+    argv = ["predict", str(trained), str(dataset / "images"), "--out", str(tmp_path), "--tile"]
+    assert main([*argv, "50", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "50" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_data_check_exit_codes(dataset, tmp_path, capsys):
     assert main(["data", "check", str(dataset)]) == 0
     assert "3" in capsys.readouterr().out

@@ -157,31 +157,39 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from pixelwise.inference import distributed_context, predict_files
 
     rank, world, _ = distributed_context()
-    summary = predict_files(
-        args.checkpoint,
-        args.inputs,
-        args.out,
-        tile_size=args.tile,
-        batch_size=args.batch,
-        tta=args.tta,
-        pad_mode=args.pad_mode,
-        probs=args.probs,
-        overlay=args.overlay,
-        objects=args.objects,
-        output_format=args.format,
-        device=args.device,
-        progress=not args.no_progress,
-        rank=rank,
-        world_size=world,
-    )
+    try:
+        summary = predict_files(
+            args.checkpoint,
+            args.inputs,
+            args.out,
+            tile_size=args.tile,
+            batch_size=args.batch,
+            tta=args.tta,
+            pad_mode=args.pad_mode,
+            probs=args.probs,
+            overlay=args.overlay,
+            objects=args.objects,
+            output_format=args.format,
+            device=args.device,
+            progress=not args.no_progress,
+            rank=rank,
+            world_size=world,
+            autocast=args.autocast,
+            **({"memory_budget_mb": args.memory_budget} if args.memory_budget else {}),
+        )
+    except ValueError as e:  # an option the model cannot use, e.g. --tile 50 for a valid U-Net
+        raise UserError(str(e)) from None
     print(summary.report())
     return summary.exit_status
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pixelwise.export import export_onnx
+    from pixelwise.export import ExportError, export_onnx
 
-    path = export_onnx(args.checkpoint, args.onnx, opset=args.opset, example_size=args.size)
+    try:
+        path = export_onnx(args.checkpoint, args.onnx, opset=args.opset, example_size=args.size)
+    except (ExportError, ValueError) as e:
+        raise UserError(str(e)) from None
     print(f"wrote {path}")
     return 0
 
@@ -258,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", action="store_true", help="also write an object table per image")
     p.add_argument("--format", default="png", choices=("png", "tif"), help="class-map format")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda:LOCAL_RANK when available)")
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="MB",
+        help="activation memory of one tile batch; sets the automatic tile size (default: 1024)",
+    )
+    p.add_argument("--autocast", choices=("bf16", "fp16"), help="mixed-precision inference")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)
 
