@@ -14,7 +14,13 @@ from PIL import Image
 
 import pixelwise
 from pixelwise.models import UNet
-from pixelwise.train import TrainConfig, patch_geometry, schedule_factor, train
+from pixelwise.train import (
+    TrainConfig,
+    initialize_from,
+    patch_geometry,
+    schedule_factor,
+    train,
+)
 
 
 def _write_blobs(folder: Path, n: int = 4, size: int = 64, seed: int = 0) -> Path:
@@ -118,6 +124,25 @@ def test_schedules():
     assert schedule_factor(cfg, 50, 1.0) == pytest.approx(0.5)
     cfg.schedule = "plateau"
     assert schedule_factor(cfg, 50, 0.01) == 0.01
+    # with a time budget the schedule follows whichever is further along, steps or time
+    cfg = TrainConfig(data="x", steps=100, schedule="cosine", max_minutes=2.0)
+    assert schedule_factor(cfg, 10, 1.0, elapsed=60.0) == pytest.approx(0.5)
+    assert schedule_factor(cfg, 50, 1.0, elapsed=6.0) == pytest.approx(0.5)
+    assert schedule_factor(cfg, 10, 1.0, elapsed=500.0) == pytest.approx(0.0)
+
+
+def test_time_budget_ends_the_run_validated_and_checkpointed(blobs, tmp_path):
+    messages = []
+    cfg = _cfg(blobs, tmp_path / "timed", steps=10_000, val_every=10_000, max_minutes=1e-4)
+    result = train(cfg, progress=False, log=messages.append)
+    assert 1 <= result.step < 10_000 and not result.interrupted
+    assert any("time budget of 0.0001 min spent" in m for m in messages)
+    meta = pixelwise.read_metadata(result.out / "last.safetensors")
+    assert meta["step"] == result.step and meta["seconds"] >= 0.006
+    assert result.history[-1]["step"] == result.step  # validated at the last step
+    assert (result.out / "best.safetensors").exists()
+    with pytest.raises(ValueError, match="max_minutes must be > 0"):
+        TrainConfig(data="x", max_minutes=0).validate()
 
 
 def test_config_errors(tmp_path):
@@ -197,3 +222,23 @@ def test_ctrl_c_saves_a_resumable_checkpoint(blobs, tmp_path):
     step = pixelwise.read_metadata(out / "last.safetensors")["step"]
     assert step == 5  # the step in flight when Ctrl-C came is finished, then saved
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_fcn16s_initialised_from_fcn32s_as_the_paper_stages(tmp_path):
+    from pixelwise.models import build
+
+    fcn32 = build("fcn32s", num_classes=3, width=0.0625)
+    torch.nn.init.normal_(fcn32.score_fr.weight)  # not the zero init, so a copy is visible
+    pixelwise.save(fcn32, tmp_path / "32s.safetensors")
+    fcn16 = build("fcn16s", num_classes=3, width=0.0625)
+    message = initialize_from(fcn16, tmp_path / "32s.safetensors")
+    source = fcn32.state_dict()
+    for name, value in fcn16.state_dict().items():
+        if name.startswith(("features", "fc6", "fc7", "score_fr")):
+            torch.testing.assert_close(value, source[name], rtol=0, atol=0)
+    assert not fcn16.score_pool4.weight.any()  # the new skip starts at zero: 16s == 32s path
+    assert "new: score_pool4, upscore, upscore2" in message
+    assert message.startswith(f"initialised {len(source) - 1} of {len(fcn16.state_dict())}")
+
+    with pytest.raises(ValueError, match="no parameter matches UNet by name and shape"):
+        initialize_from(UNet(base_channels=2, depth=2), tmp_path / "32s.safetensors")

@@ -40,7 +40,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
 _TRAIN_HELP = {
     "out": "output folder for checkpoints, log.csv, curves.png, config.yaml",
     "val_data": "separate validation dataset folder",
-    "val_fraction": "fraction of the images held out for validation (default 0.2)",
+    "val_fraction": "fraction of the images held out for validation",
+    "split": "dataset split to train on (VOC: ImageSets name; CamVid: train)",
+    "val_split": "split to validate on (e.g. val)",
+    "init": "checkpoint to start from (same-name parameters; FCN-16s from FCN-32s)",
+    "batch_size": "tiles per step (per process under torchrun)",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay",
+    "patience": "plateau schedule: validations without improvement before lr × 0.1",
+    "w0": "border weight w0 (paper: 10)",
+    "sigma": "border weight sigma in pixels (paper: 5)",
+    "augment": "the paper's elastic deformation, rotation, flips, gray values",
+    "elastic_sigma": "std of the coarse elastic displacements in pixels (paper: 10)",
+    "elastic_grid": "elastic displacement grid points per axis (paper: 3)",
+    "rotation": "maximum rotation in degrees",
+    "shift": "maximum shift in pixels",
+    "flip": "random flips",
+    "gray": "gray-value variation (scale of brightness/contrast jitter)",
+    "seed": "seed of data order, augmentation and initialisation",
+    "channels_last": "channels_last memory format",
+    "val_every": "validate and checkpoint every N steps",
+    "log_every": "steps between progress updates",
     "layout": "dataset layout: auto, folder, voc, tiff-stack",
     "num_classes": "number of classes (default: from the masks)",
     "ignore_index": "mask value to ignore in loss and metrics (e.g. 255 for VOC, 11 for CamVid)",
@@ -56,6 +77,7 @@ _TRAIN_HELP = {
     "amp": "autocast dtype: bf16 or fp16",
     "device": "cpu, cuda, cuda:1 ... (default: cuda when available)",
     "workers": "DataLoader worker processes",
+    "max_minutes": "time budget: stop, validate and checkpoint once this much time is spent",
 }
 
 
@@ -100,6 +122,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             kind = {int: int, float: float}.get(type(default), str)
             if f.name in ("num_classes", "ignore_index"):
                 kind = int
+            if f.name == "max_minutes":
+                kind = float
             p.add_argument(flag, type=kind, default=None, help=help_, dest=f.name)
 
 
@@ -129,7 +153,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args)
     try:
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if result.interrupted:
         return 130

@@ -148,7 +148,7 @@ def run_demo(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    n_train, size, held_out, steps = (4, 96, 160, 6) if quick else (16, 192, 512, 300)
+    n_train, size, held_out, steps = (4, 96, 160, 6) if quick else (16, 192, 512, 600)
     data = out / "data"
     log(f"generating {n_train} synthetic images of touching cells in {data}")
     _write_dataset(data, n_train, size, seed)

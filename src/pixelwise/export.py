@@ -297,7 +297,13 @@ def export_onnx(
         ValueError: bad exporter or example size (the message names the nearest valid sizes).
         ExportError: no exporter produced a model that matches PyTorch (the reasons are listed).
     """
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError(
+            "ONNX export needs the onnx package: pip install 'pixelwise[export]' "
+            "(onnx, onnxscript, and onnxruntime for the check against PyTorch)"
+        ) from None
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")

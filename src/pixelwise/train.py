@@ -54,7 +54,9 @@ class TrainConfig:
         layout, split, val_split, num_classes, ignore_index, instances: see `open_dataset`.
         class_names: names stored in the checkpoint (default "class 0", "class 1", ...).
     Model:
-        model: registry name ("unet", "fcn8s", ...); model_args: constructor keywords
+        model: registry name ("unet", "fcn8s", ...); init: a checkpoint whose parameters of the
+            same name and shape start the model (FCN's staged training: 16s from 32s, 8s from
+            16s; the new score layers keep their zero init); model_args: constructor keywords
             (in_channels and num_classes come from the data unless given).
     Optimisation:
         steps: optimisation steps in all; batch_size per process; patch_size: size of the
@@ -69,6 +71,10 @@ class TrainConfig:
         (max degrees), shift (px), flip, gray.
     Run: seed, workers (DataLoader processes), amp None | "bf16" | "fp16", channels_last,
         device (None: cuda when available), val_every and log_every (steps), out (folder).
+        max_minutes: a time budget: training ends (validated and checkpointed as at the last
+            step) once this much training time has passed, and the poly/cosine schedules run
+            on whichever is further along, steps or time. A resumed run counts the time
+            already spent. Timed runs are not bit-reproducible.
     """
 
     data: str = ""
@@ -84,6 +90,7 @@ class TrainConfig:
     class_names: list[str] | None = None
     model: str = "unet"
     model_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
     steps: int = 1000
     batch_size: int = 4
     patch_size: int = 128
@@ -112,6 +119,7 @@ class TrainConfig:
     device: str | None = None
     val_every: int = 100
     log_every: int = 10
+    max_minutes: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError for an option outside its range, naming the fix."""
@@ -128,6 +136,8 @@ class TrainConfig:
             (self.amp in (None, *AMP_DTYPES), "amp must be bf16, fp16 or None"),
             (self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.max_minutes is None or self.max_minutes > 0,
+             f"max_minutes must be > 0 (or None for no time limit), got {self.max_minutes}"),
             (self.class_names is None or len(self.class_names) >= 1, "class_names is empty"),
         ]  # fmt: skip
         for ok, message in checks:
@@ -255,9 +265,38 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def schedule_factor(cfg: TrainConfig, step: int, plateau_scale: float) -> float:
-    """Learning-rate multiplier at `step` (0-based) of `cfg.steps`."""
+def initialize_from(model: nn.Module, path: str | os.PathLike) -> str:
+    """Copy into `model` every parameter/buffer of checkpoint `path` with the same name and shape.
+
+    Returns a one-line summary. Raises ValueError when nothing matches (a different model).
+    """
+    source = checkpoint.load(path).state_dict()
+    target = model.state_dict()
+    copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not copied:
+        raise ValueError(
+            f"{path}: no parameter matches {type(model).__name__} by name and shape; "
+            "init needs a checkpoint of the same architecture family (e.g. fcn32s for fcn16s)"
+        )
+    model.load_state_dict(copied, strict=False)
+    kept = sorted({k.split(".")[0] for k in target if k not in copied})
+    return (
+        f"initialised {len(copied)} of {len(target)} tensors from {path}"
+        + (f"; new: {', '.join(kept)}" if kept else "")
+    )
+
+
+def schedule_factor(
+    cfg: TrainConfig, step: int, plateau_scale: float, elapsed: float = 0.0
+) -> float:
+    """Learning-rate multiplier at `step` (0-based) of `cfg.steps`, `elapsed` seconds in.
+
+    With a time budget (`cfg.max_minutes`), progress is the larger of the step fraction and the
+    time fraction, so the schedule ends when the budget does.
+    """
     t = step / cfg.steps
+    if cfg.max_minutes is not None:
+        t = min(max(t, elapsed / (60 * cfg.max_minutes)), 1.0)
     if cfg.schedule == "poly":
         return (1 - t) ** 0.9
     if cfg.schedule == "cosine":
@@ -506,6 +545,8 @@ def train(
     num_classes = train_ds.num_classes
     model_args = {"in_channels": in_channels, "num_classes": num_classes, **cfg.model_args}
     model = build(cfg.model, **model_args)
+    if cfg.init and not resume:
+        log(initialize_from(model, cfg.init))
     tile, label = patch_geometry(model, cfg.patch_size)
     meta_common = {
         "normalization": train_ds.normalization,
@@ -515,6 +556,7 @@ def train(
     }
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     step, plateau = 0, {"scale": 1.0, "best": math.inf, "bad": 0}
+    spent = 0.0  # training seconds of earlier sessions of this run (for max_minutes)
     best: dict[str, float] | None = None
     running: list[float] = []  # training losses since the last log row
     if resume:
@@ -524,6 +566,7 @@ def train(
         model.load_state_dict(saved.state_dict())
         _restore_optimizer(opt, extra, meta["optimizer"])
         step, plateau, best, running = meta["step"], meta["plateau"], meta["best"], meta["running"]
+        spent = float(meta.get("seconds", 0.0))
         torch.set_rng_state(extra["rng/torch"])
         log(f"resuming from {last_path} at step {step}")
     model.to(device)
@@ -588,6 +631,7 @@ def train(
             plateau=plateau,
             best=best,
             running=running,
+            seconds=spent + time.perf_counter() - t0,
             optimizer=opt_meta,
             **meta_common,
         )
@@ -596,6 +640,17 @@ def train(
     t0, seen = time.perf_counter(), 0
     interrupted = False
     stop = _StopFlag()
+    time_up = False
+
+    def out_of_time() -> bool:
+        """Whether the time budget is spent; in DDP, rank 0's clock decides for all ranks."""
+        if cfg.max_minutes is None:
+            return False
+        flag = torch.tensor(float(spent + time.perf_counter() - t0 >= 60 * cfg.max_minutes))
+        if dd.world > 1:
+            dist.broadcast(flag.to(device), src=0)
+        return bool(flag.item())
+
     try:
         while step < cfg.steps and (stop_after is None or step < stop_after) and not stop.set:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -619,7 +674,9 @@ def train(
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * schedule_factor(cfg, step, plateau["scale"])
+                    group["lr"] = cfg.lr * schedule_factor(
+                        cfg, step, plateau["scale"], spent + time.perf_counter() - t0
+                    )
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = ddp_model(x)  # (B, K, n − 2m, n − 2m)
                 loss = loss_fn(logits.float(), y, w)
@@ -634,13 +691,14 @@ def train(
                 bar.set_postfix(
                     loss=f"{running[-1]:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}"
                 )
-                if step % cfg.val_every == 0 or step == cfg.steps:
+                time_up = out_of_time()
+                if step % cfg.val_every == 0 or step == cfg.steps or time_up:
                     row = {
                         "step": step,
                         "epoch": step / steps_per_epoch,
                         "lr": opt.param_groups[0]["lr"],
                         "train_loss": float(np.mean(running)),
-                        "seconds": time.perf_counter() - t0,
+                        "seconds": spent + time.perf_counter() - t0,
                     }
                     running = []
                     scores = _validate(model, val_ds, device, dd)
@@ -663,6 +721,11 @@ def train(
                     model.train()
                 if step >= cfg.steps or (stop_after is not None and step >= stop_after) or stop.set:
                     break
+                if time_up:
+                    log(f"time budget of {cfg.max_minutes:g} min spent: stopped at step {step}")
+                    break
+            if time_up:
+                break
         if stop.set or (stop_after is not None and step == stop_after < cfg.steps):
             save_last()
         if stop.set:

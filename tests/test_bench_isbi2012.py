@@ -1,0 +1,45 @@
+"""The ISBI 2012 recipe's --quick mode runs end to end on the real data and gives sane numbers."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "isbi2012"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("isbi2012", ROOT / "benchmarks" / "isbi2012.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_edge_band_counts_pixels_within_the_width():
+    band = _recipe().edge_band((10, 8), 2)
+    # inner rectangle not in the band: (10 − 4) × (8 − 4) = 24 of 80 pixels
+    assert band.sum() == 80 - 24
+    assert band[0].all() and band[:, -1].all() and not band[2:8, 2:6].any()
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"real data not found at {DATA}")
+def test_quick_run_writes_its_table(tmp_path, capsys):
+    assert _recipe().main([str(DATA), "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| U-Net + d4 TTA |" in printed and "| reflect |" in printed
+    assert (tmp_path / "results.md").read_text() in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["isbi"]) == {"U-Net", "U-Net + d4 TTA"}
+    for row in results["isbi"].values():
+        assert all(0 <= v <= 1 and math.isfinite(v) for v in row.values())
+    assert set(results["padding"]) == {"reflect", "constant", "replicate"}
+    # the split is slices 0-24 for training and 25-29 held out, as symlinks (no data copied)
+    held = sorted(p.name for p in (tmp_path / "data" / "heldout" / "images").iterdir())
+    assert held == [f"{i}.png" for i in range(25, 30)]
+    assert len(list((tmp_path / "data" / "train" / "masks").iterdir())) == 25
+    assert all(p.is_symlink() for p in (tmp_path / "data" / "train" / "images").iterdir())
+    assert np.isfinite(results["train"]["minutes"])
