@@ -280,9 +280,8 @@ def initialize_from(model: nn.Module, path: str | os.PathLike) -> str:
         )
     model.load_state_dict(copied, strict=False)
     kept = sorted({k.split(".")[0] for k in target if k not in copied})
-    return (
-        f"initialised {len(copied)} of {len(target)} tensors from {path}"
-        + (f"; new: {', '.join(kept)}" if kept else "")
+    return f"initialised {len(copied)} of {len(target)} tensors from {path}" + (
+        f"; new: {', '.join(kept)}" if kept else ""
     )
 
 
