@@ -88,7 +88,8 @@ def main() -> None:
         ("rand_error", lambda: rand_error(binary, gt), "binary, 1 threshold"),
         ("rand_error", lambda: rand_error(prob, gt), "probs, 9 thresholds"),
         ("warping_error", lambda: warping_error(prob, gt), "probs at 0.5"),
-        ("pixel_error", lambda: pixel_error(prob, gt), "probs at 0.5"),
+        ("pixel_error", lambda: pixel_error(prob, gt, thresholds=(0.5,)), "probs at 0.5"),
+        ("pixel_error", lambda: pixel_error(prob, gt), "probs, 9 thresholds"),
     ):
         t = median_seconds(fn, repeats)
         rows.append((name, f"{shape} {what}", t, f"{isbi_side**2 / t / 1e6:.1f} MP/s"))

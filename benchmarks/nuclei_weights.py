@@ -1,6 +1,6 @@
 """Recipe: U-Net's border weights on touching nuclei (Cell Tracking Challenge GOWT1 and HeLa).
 
-    python benchmarks/nuclei_weights.py ../shared/data/nuclei              # 10 min per model
+    python benchmarks/nuclei_weights.py ../shared/data/nuclei              # 15 min per model
     python benchmarks/nuclei_weights.py ../shared/data/nuclei --quick      # < 90 s, for CI
 
 The claim (Ronneberger et al. 2015, sec. 3 and fig. 3): weighting the cross-entropy with
@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="the nuclei folder (N2DH-GOWT1/, N2DL-HeLa/)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/nuclei_weights"))
     parser.add_argument(
-        "--minutes", type=float, default=10.0,
+        "--minutes", type=float, default=15.0,
         help="training minutes of the weighted model; the unweighted one trains as many steps",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a tiny run (< 90 s), for CI")

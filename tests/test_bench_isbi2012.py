@@ -43,3 +43,15 @@ def test_quick_run_writes_its_table(tmp_path, capsys):
     assert len(list((tmp_path / "data" / "train" / "masks").iterdir())) == 25
     assert all(p.is_symlink() for p in (tmp_path / "data" / "train" / "images").iterdir())
     assert np.isfinite(results["train"]["minutes"])
+    for row in results["isbi"].values():  # the sweep's minimum is at most the 0.5 decision's
+        assert row["pixel_error"] <= row["pixel_error_at_0.5"]
+    # --evaluate-only re-scores the same checkpoint without training: the same numbers
+    assert _recipe().main([str(DATA), "--quick", "--out", str(tmp_path), "--evaluate-only"]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["isbi"] == results["isbi"] and again["train"] == results["train"]
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"real data not found at {DATA}")
+def test_evaluate_only_without_a_run_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match=r"best.safetensors not found; train first"):
+        _recipe().main([str(DATA), "--quick", "--out", str(tmp_path), "--evaluate-only"])

@@ -195,7 +195,14 @@ def test_pixel_error_hand_and_conventions():
     assert pixel_error(pred, gt_isbi) == 4 / 100
     probs = np.where(pred, 0.9, 0.2)
     assert pixel_error(probs, gt) == 4 / 100
-    assert pixel_error(probs, gt, threshold=0.95) == 64 / 100
+    assert pixel_error(probs, gt, thresholds=(0.95,)) == 64 / 100
+    # probabilities: the minimum over the 0.1..0.9 sweep, as the challenge's evaluation
+    timid = np.where(gt, 0.4, 0.05)  # right ranking, but below 0.5 everywhere
+    assert pixel_error(timid, gt, thresholds=(0.5,)) == 64 / 100  # 1 - pixel accuracy at 0.5
+    assert pixel_error(timid, gt) == 0.0  # t = 0.1 .. 0.3 separate the classes
+    assert pixel_error(probs, gt) == 4 / 100  # t = 0.1 would cost 36; 0.2 .. 0.8 cost 4
+    with pytest.raises(ValueError, match="thresholds must not be empty"):
+        pixel_error(probs, gt, thresholds=())
     with pytest.raises(ValueError, match=r"found range \[0.0, 1.5\]; apply a sigmoid"):
         pixel_error(np.where(pred, 1.5, 0.0), gt)
     with pytest.raises(ValueError, match=r"same shape, got pred \(10, 9\) and gt \(10, 10\)"):
