@@ -37,13 +37,8 @@ Results go to OUT/results.md and OUT/results.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shlex
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,8 +49,9 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from common import Run, add_training_options, make_parser, parse_args, write_results
 from pixelwise import checkpoint
-from pixelwise.data import open_dataset, read_image, to_chw_float, write_image_atomic
+from pixelwise.data import open_dataset, read_image, to_chw_float, write_image
 from pixelwise.metrics import confusion_matrix, segmentation_scores
 from pixelwise.tiling import predict
 from pixelwise.train import TrainConfig, train
@@ -152,8 +148,8 @@ def prepare_split(
             size = scaled_size(*image.size, scale)
             small_image = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
             small_mask = mask.resize(size, Image.Resampling.NEAREST)
-        write_image_atomic(dst / split / name, np.asarray(small_image))  # (h, w, 3) uint8
-        write_image_atomic(dst / f"{split}annot" / name, np.asarray(small_mask))  # (h, w)
+        write_image(dst / split / name, np.asarray(small_image))  # (h, w, 3) uint8
+        write_image(dst / f"{split}annot" / name, np.asarray(small_mask))  # (h, w)
     return len(chosen)
 
 
@@ -209,7 +205,6 @@ def stage_config(
         reduction="mean",
         augment=False,
         val_every=settings.val_every,
-        log_every=settings.val_every,
         seed=seed,
     )
 
@@ -302,21 +297,17 @@ def results_table(rows: dict[str, dict[str, Any]], order: dict[str, Any]) -> str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="the camvid folder (train/, trainannot/, ...)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/camvid_fcn"))
-    parser.add_argument(
-        "--minutes", type=float, default=30.0,
-        help="training minutes for the three FCN stages together (40/30/30 %%); U-Net gets "
-        "the same",
-    )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="a tiny run (< 90 s), for CI")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.minutes <= 0:
-        parser.error(f"--minutes must be > 0, got {args.minutes}; pass a training budget")
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    parser = make_parser(__doc__, quick="a tiny run (< 90 s), for CI")
+    add_training_options(
+        parser,
+        name="camvid_fcn",
+        data="the camvid folder (train/, trainannot/, ...)",
+        minutes=30.0,
+        minutes_help="training minutes for the three FCN stages together (40/30/30 %%); U-Net "
+        "gets the same",
+    )
+    args = parse_args(parser, argv)
+    run = Run("camvid_fcn", argv)
     settings = QUICK if args.quick else FULL
     small = args.out / "data"
     shutil.rmtree(small, ignore_errors=True)  # a previous run's images may be at another scale
@@ -349,14 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = ordering(rows)
     table = results_table(rows, order)
     h, w = (round(360 * settings.scale), round(480 * settings.scale))
-    header = (
-        f"CamVid FCN recipe{' (--quick)' if args.quick else ''}: torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, load average {load_before:.1f} → "
-        f"{os.getloadavg()[0]:.1f}, total {time.perf_counter() - started:.0f} s\n"
-        f"command: python benchmarks/camvid_fcn.py {shlex.join(argv or sys.argv[1:])}\n"
+    header = run.header(
+        f"CamVid FCN recipe{' (--quick)' if args.quick else ''}",
         f"data: {counts['train']} train / {counts['val']} val / {counts['test']} test images at "
         f"{w}×{h} (scored at 480×360); FCN width {settings.fcn_width:g}, U-Net "
-        f"{settings.unet_args}; from scratch (no ImageNet weights)"
+        f"{settings.unet_args}; from scratch (no ImageNet weights)",
     )
     text = f"{header}\n\n{table}\n"
     print(text)
@@ -370,10 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "paper_voc_mean_iou": PAPER_VOC_MEAN_IU,
         "class_names": CLASS_NAMES,
     }
-    checkpoint.atomic_write(args.out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    checkpoint.atomic_write(
-        args.out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2))
-    )
+    write_results(args.out, text, results)
     return 0
 
 

@@ -19,19 +19,15 @@ they are a reference, not the same measurement. Results go to OUT/results.md and
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import os
-import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import Run, add_training_options, make_parser, parse_args, write_results
 from pixelwise import checkpoint
 from pixelwise.data import open_dataset, read_image, to_chw_float
 from pixelwise.metrics import pixel_error, rand_error, warping_error
@@ -206,19 +202,16 @@ def trained_model(run_dir: Path) -> tuple[torch.nn.Module, dict, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="the isbi2012 folder (train/image, train/label)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/isbi2012"))
-    parser.add_argument("--minutes", type=float, default=50.0, help="training time budget")
-    parser.add_argument("--quick", action="store_true", help="a tiny run (~1 min), for CI")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = make_parser(__doc__, quick="a tiny run (~1 min), for CI")
+    add_training_options(
+        parser, name="isbi2012", data="the isbi2012 folder (train/image, train/label)", minutes=50.0
+    )
     parser.add_argument(
         "--evaluate-only", action="store_true",
         help="score the best checkpoint of an earlier run in OUT/run without training",
     )  # fmt: skip
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    args = parse_args(parser, argv)
+    run = Run("isbi2012", argv)
     train_dir, heldout = split_folders(args.data, args.out / "data")
 
     if not args.evaluate_only:
@@ -228,20 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     isbi, padding = evaluate_heldout(model, meta["normalization"], heldout, args.quick)
 
     table = results_table(isbi, padding, train_info)
-    header = (
-        f"ISBI 2012 recipe{' (--quick: 1 held-out slice)' if args.quick else ''}: torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, load average {load_before:.1f}"
-        f" → {os.getloadavg()[0]:.1f}, total {time.perf_counter() - started:.0f} s\n"
-        f"command: python benchmarks/isbi2012.py {shlex.join(argv or sys.argv[1:])}"
-    )
+    header = run.header(f"ISBI 2012 recipe{' (--quick: 1 held-out slice)' if args.quick else ''}")
     text = f"{header}\n\n{table}\n"
     print(text)
     results = {"isbi": isbi, "padding": padding, "train": train_info, "paper": PAPER,
                "targets": TARGET, "quick": args.quick}  # fmt: skip
-    checkpoint.atomic_write(args.out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    checkpoint.atomic_write(
-        args.out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2))
-    )
+    write_results(args.out, text, results)
     return 0
 
 

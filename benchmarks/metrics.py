@@ -11,37 +11,22 @@ synthetic cell map; watershed labelling of touching discs.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from common import Run, make_parser, median_seconds, parse_args
 from pixelwise.instances import label
 from pixelwise.metrics import confusion_matrix, pixel_error, rand_error, warping_error
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (lookup tables, allocator)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from references import voronoi_cells
 
 
 def isbi_like(size: int, cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Voronoi cells with ~3 px membranes (gt, bool interior) and a noisy interior probability."""
     rng = np.random.default_rng(seed)
-    seeds = np.zeros((size, size), dtype=np.int32)
-    points = rng.integers(0, size, size=(cells, 2))
-    seeds[points[:, 0], points[:, 1]] = np.arange(1, cells + 1)
-    _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
-    regions = seeds[iy, ix]
+    regions = voronoi_cells(size, cells, rng)  # (size, size) ids 1..cells
     membrane = ndimage.morphological_gradient(regions, size=3) > 0
     gt = ~ndimage.binary_dilation(membrane, iterations=1)
     prob = ndimage.gaussian_filter(gt.astype(np.float64), 1.5) + rng.normal(0, 0.15, gt.shape)
@@ -49,6 +34,7 @@ def isbi_like(size: int, cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def touching_discs(size: int) -> np.ndarray:
+    """(size, size) bool mask of discs of radius size/16 in rows, each overlapping the next."""
     yy, xx = np.mgrid[:size, :size]
     mask = np.zeros((size, size), dtype=bool)
     radius = size // 16
@@ -58,10 +44,9 @@ def touching_discs(size: int) -> np.ndarray:
     return mask
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small inputs, few repeats")
-    args = parser.parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(make_parser(__doc__, quick="small inputs, few repeats"), argv)
+    run = Run("metrics", argv)
     n_maps, side, repeats = (4, 256, 3) if args.quick else (20, 512, 7)
     rng = np.random.default_rng(0)
     k = 21
@@ -77,7 +62,7 @@ def main() -> None:
         ("confusion_matrix ignore=255", lambda: confusion_matrix(pred, void, k, ignore_index=255)),
         ("confusion_matrix torch", lambda: confusion_matrix(pred_t, target_t, k)),
     ):
-        t = median_seconds(fn, repeats)
+        t = median_seconds(fn, repeats=repeats, warmup=1)
         rows.append((name, f"{n_maps}x{side}x{side} u8, K={k}", t, f"{megapixels / t:.0f} MP/s"))
 
     isbi_side = 256 if args.quick else 512
@@ -91,13 +76,15 @@ def main() -> None:
         ("pixel_error", lambda: pixel_error(prob, gt, thresholds=(0.5,)), "probs at 0.5"),
         ("pixel_error", lambda: pixel_error(prob, gt), "probs, 9 thresholds"),
     ):
-        t = median_seconds(fn, repeats)
+        t = median_seconds(fn, repeats=repeats, warmup=1)
         rows.append((name, f"{shape} {what}", t, f"{isbi_side**2 / t / 1e6:.1f} MP/s"))
     discs = touching_discs(isbi_side)
-    t = median_seconds(lambda: label(discs, watershed=True), repeats)
+    t = median_seconds(lambda: label(discs, watershed=True), repeats=repeats, warmup=1)
     n_obj = int(label(discs, watershed=True).max())
     rows.append(("label watershed", f"{shape} touching discs", t, f"{n_obj} objects"))
 
+    print(run.header(f"pixelwise metrics benchmark{' (--quick)' if args.quick else ''}"))
+    print()
     print(f"{'benchmark':<30} {'input':<32} {'median ms':>10}  throughput")
     for name, what, t, rate in rows:
         print(f"{name:<30} {what:<32} {t * 1e3:>10.2f}  {rate}")

@@ -21,9 +21,10 @@ Protocol:
   and 1 (`normalize_percentile`) — and written as a float32 TIFF into OUT/data (a plain copy, not
   symlinks); TrainConfig's dataset-wide standardisation then runs on top of that.
 * Training masks: the CTC annotations do touch (HeLa t75/t79: dozens of instance pairs share a
-  border; `contact_pairs`). The weight map's border term only lives on background pixels, so as
-  in the paper's annotations a one-pixel background line is drawn wherever two instances touch
-  (`pixelwise.demo.separate_touching`), for both models. Test masks stay as annotated.
+  border; `pixelwise.instances.count_touching_pairs`). The weight map's border term only lives
+  on background pixels, so as in the paper's annotations a one-pixel background line is drawn
+  wherever two instances touch (`pixelwise.instances.separate_touching`), for both models. Test
+  masks stay as annotated.
 * Models: the same valid-padding U-Net (the paper's geometry, base 16 channels, depth 4), Adam,
   cosine schedule, the paper's augmentation (elastic, rotation, flips, gray values), same seed —
   so both runs see exactly the same patches in the same order. The weighted run
@@ -34,9 +35,9 @@ Protocol:
   (`pixelwise.tiling.predict`), objects by `pixelwise.instances.label` — plain connected
   components and the seeded watershed option — with objects under `MIN_SIZE` pixels dropped;
   `pixelwise.metrics.match_instances` gives F1 at IoU 0.5, AP averaged over IoU 0.5:0.95
-  (TP / (TP + FP + FN)), merges and splits; `pixelwise.demo.touching_pairs_separated` counts the
-  ground-truth pairs at most 2 px apart that the prediction keeps apart. The "all" rows pool
-  the counts of both frames (TP, FP, FN per threshold; merges; pairs; pixels).
+  (TP / (TP + FP + FN)), merges and splits; `pixelwise.instances.touching_pairs_separated`
+  counts the ground-truth pairs at most 2 px apart that the prediction keeps apart. The "all"
+  rows pool the counts of both frames (TP, FP, FN per threshold; merges; pairs; pixels).
 
 Target: the weighted model merges fewer objects than the unweighted one (pooled, connected
 components). Results go to OUT/results.md and OUT/results.json.
@@ -44,13 +45,8 @@ components). Results go to OUT/results.md and OUT/results.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shlex
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,10 +55,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import Run, add_training_options, make_parser, parse_args, write_results
 from pixelwise import checkpoint
-from pixelwise.data import Sample, open_dataset, read_image, to_chw_float, write_image_atomic
-from pixelwise.demo import separate_touching, touching_pairs_separated
-from pixelwise.instances import label
+from pixelwise.data import Sample, open_dataset, read_image, to_chw_float, write_image
+from pixelwise.instances import (
+    count_touching_pairs,
+    label,
+    separate_touching,
+    touching_pairs_separated,
+)
 from pixelwise.metrics import match_instances
 from pixelwise.tiling import predict
 from pixelwise.train import TrainConfig, train
@@ -83,6 +84,7 @@ class Settings:
     crop: every image (train and test) is cut to its centre crop × crop window, or None.
     steps: training steps of both models, or None: the weighted model trains for the time
         budget and the unweighted one for as many steps.
+    val_every: steps between two log rows (there is no validation set).
     """
 
     crop: int | None
@@ -90,7 +92,7 @@ class Settings:
     patch_size: int
     batch_size: int
     steps: int | None
-    log_every: int
+    val_every: int
 
 
 FULL = Settings(
@@ -99,7 +101,7 @@ FULL = Settings(
     patch_size=100,  # 188 × 188 input tiles
     batch_size=4,
     steps=None,
-    log_every=25,
+    val_every=25,
 )
 QUICK = Settings(
     crop=160,
@@ -107,7 +109,7 @@ QUICK = Settings(
     patch_size=32,
     batch_size=2,
     steps=6,
-    log_every=3,
+    val_every=3,
 )
 
 
@@ -145,27 +147,13 @@ def normalize_percentile(
     return ((image.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
-def centre_crop(array: np.ndarray, size: int | None) -> np.ndarray:
+def center_crop(array: np.ndarray, size: int | None) -> np.ndarray:
     """The centre (min(size, H), min(size, W)) window of an (H, W) array; all of it for None."""
     if size is None:
         return array
     h, w = array.shape
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return array[top : top + size, left : left + size]
-
-
-def contact_pairs(instances: np.ndarray) -> int:
-    """Number of instance pairs that share a border (4-neighbour contact, no gap at all).
-
-    Worked example: [[1, 2, 0, 3]] → ids 1 and 2 touch; 3 is one pixel away → 1 pair.
-    """
-    pairs: set[tuple[int, int]] = set()
-    for axis in (0, 1):
-        a = np.moveaxis(instances, axis, 0)
-        hit = (a[1:] != a[:-1]) & (a[1:] > 0) & (a[:-1] > 0)  # (H − 1, W) contacts
-        for p, q in zip(a[1:][hit].tolist(), a[:-1][hit].tolist(), strict=True):
-            pairs.add((min(p, q), max(p, q)))
-    return len(pairs)
 
 
 def split_frames(samples: Sequence[Sample]) -> tuple[list[Sample], Sample]:
@@ -195,15 +183,15 @@ def prepare_data(data: Path, dst: Path, crop: int | None) -> dict[str, Any]:
             for sample in frames:
                 assert sample.mask_path is not None
                 name = f"{short}_{sample.image_path.stem}.tif"
-                image = centre_crop(read_image(sample.image_path), crop)  # (H, W) uint8/16
-                gt = centre_crop(read_image(sample.mask_path), crop).astype(np.uint16)
+                image = center_crop(read_image(sample.image_path), crop)  # (H, W) uint8/16
+                gt = center_crop(read_image(sample.mask_path), crop).astype(np.uint16)
                 mask = separate_touching(gt) if part == "train" else gt
-                write_image_atomic(dst / part / "images" / name, normalize_percentile(image))
-                write_image_atomic(dst / part / "masks" / name, mask)
+                write_image(dst / part / "images" / name, normalize_percentile(image))
+                write_image(dst / part / "masks" / name, mask)
                 split[part].append(name)
                 split["ground_truth"][name] = {
                     "objects": int(np.unique(gt[gt > 0]).size),
-                    "contact_pairs": contact_pairs(gt),
+                    "contact_pairs": count_touching_pairs(gt),
                     "pairs_within_2px": touching_pairs_separated(gt, gt)[1],
                 }
     return split
@@ -244,8 +232,7 @@ def train_config(
         w0=10.0,
         sigma=5.0,
         val_fraction=0.0,
-        val_every=settings.log_every,
-        log_every=settings.log_every,
+        val_every=settings.val_every,
         seed=seed,
     )
 
@@ -376,20 +363,17 @@ def results_table(rows: dict[str, dict[str, dict[str, dict[str, Any]]]], verdict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="the nuclei folder (N2DH-GOWT1/, N2DL-HeLa/)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/nuclei_weights"))
-    parser.add_argument(
-        "--minutes", type=float, default=15.0,
-        help="training minutes of the weighted model; the unweighted one trains as many steps",
-    )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="a tiny run (< 90 s), for CI")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.minutes <= 0:
-        parser.error(f"--minutes must be > 0, got {args.minutes}; pass a training budget")
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    parser = make_parser(__doc__, quick="a tiny run (< 90 s), for CI")
+    add_training_options(
+        parser,
+        name="nuclei_weights",
+        data="the nuclei folder (N2DH-GOWT1/, N2DL-HeLa/)",
+        minutes=15.0,
+        minutes_help="training minutes of the weighted model; the unweighted one trains as many "
+        "steps",
+    )
+    args = parse_args(parser, argv)
+    run = Run("nuclei_weights", argv)
     settings = QUICK if args.quick else FULL
     data_dir = args.out / "data"
     shutil.rmtree(data_dir, ignore_errors=True)  # a previous run may have used another crop
@@ -408,13 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             minutes=args.minutes,
             seed=args.seed,
         )
-        run = train(cfg, progress=sys.stderr.isatty())
-        steps = run.step
-        net, meta, _ = checkpoint.load_state(run.out / "last.safetensors")
+        result = train(cfg, progress=sys.stderr.isatty())
+        steps = result.step
+        net, meta, _ = checkpoint.load_state(result.out / "last.safetensors")
         training[model] = {
-            "steps": run.step,
-            "minutes": float(run.history[-1]["seconds"]) / 60 if run.history else 0.0,
-            "final_train_loss": float(run.history[-1]["train_loss"]) if run.history else None,
+            "steps": result.step,
+            "minutes": float(result.history[-1]["seconds"]) / 60 if result.history else 0.0,
+            "final_train_loss": float(result.history[-1]["train_loss"]) if result.history else None,
             "parameters": sum(p.numel() for p in net.parameters()),
         }
         records[model] = evaluate(net, meta["normalization"], data_dir / "test")
@@ -423,28 +407,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = merge_verdict(rows)
     table = results_table(rows, verdict)
     gt = split["ground_truth"]
-    header = (
-        f"Nuclei border-weight recipe{' (--quick: centre crops, tiny net)' if args.quick else ''}"
-        f": torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-        f"{load_before:.1f} → {os.getloadavg()[0]:.1f}, total {time.perf_counter() - started:.0f}"
-        f" s\ncommand: python benchmarks/nuclei_weights.py {shlex.join(argv or sys.argv[1:])}\n"
+    header = run.header(
+        f"Nuclei border-weight recipe{' (--quick: centre crops, tiny net)' if args.quick else ''}",
         f"train: {', '.join(split['train'])}; held out: {', '.join(split['test'])}"
-        + (f" (centre {settings.crop}×{settings.crop} crops)" if settings.crop else "")
-        + "\nheld-out GT: "
+        + (f" (centre {settings.crop}×{settings.crop} crops)" if settings.crop else ""),
+        "held-out GT: "
         + "; ".join(
             f"{n}: {gt[n]['objects']} nuclei, {gt[n]['contact_pairs']} pairs in contact, "
             f"{gt[n]['pairs_within_2px']} within 2 px"
             for n in split["test"]
         )
         + f"; training GT: {sum(gt[n]['contact_pairs'] for n in split['train'])} pairs in "
-        "contact, separated by a background line\n"
+        "contact, separated by a background line",
         f"valid U-Net {settings.model_args}, patch {settings.patch_size}, batch "
         f"{settings.batch_size}, w0 10, σ 5 px; "
         + "; ".join(
             f"{m}: {t['steps']} steps in {t['minutes']:.1f} min" for m, t in training.items()
         )
         + f"; images normalised per image (percentiles {PERCENTILES[0]:g}/{PERCENTILES[1]:g});"
-        f" objects < {MIN_SIZE} px dropped, watershed min_distance {WATERSHED_MIN_DISTANCE}"
+        f" objects < {MIN_SIZE} px dropped, watershed min_distance {WATERSHED_MIN_DISTANCE}",
     )
     text = f"{header}\n\n{table}\n"
     print(text)
@@ -459,10 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "seed": args.seed,
     }
-    checkpoint.atomic_write(args.out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    checkpoint.atomic_write(
-        args.out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2))
-    )
+    write_results(args.out, text, results)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -36,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import Run, make_parser, median_seconds, parse_args
+from references import whole_image_probs
 
 THREADS = 2
 SAME = dict(base_channels=32, depth=5, padding="same", batch_norm=True)
@@ -70,21 +72,6 @@ def _flops(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return counter.get_total_flops()
 
 
-def _whole(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """Whole-image inference: mirror by margin, right/bottom up to a valid size, crop."""
-    h, w = image.shape
-    m = model.margin
-
-    def valid(n: int) -> int:
-        return model.valid_input_sizes(n, n + 16 * model.stride + 8 * m)[0]
-
-    nh, nw = valid(h + 2 * m), valid(w + 2 * m)
-    ext = np.pad(image, ((m, nh - h - m), (m, nw - w - m)), mode="reflect")
-    with torch.inference_mode():
-        probs = model(torch.from_numpy(ext)[None, None]).softmax(1)
-    return probs[0, :, :h, :w].numpy()
-
-
 def _monai(model: torch.nn.Module, image: np.ndarray, channels_last: bool) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
@@ -106,13 +93,8 @@ def worker(cfg: dict) -> dict:
 
     if cfg["kind"] == "mm":
         a = torch.randn(4096, 4096)
-        a @ a  # warm-up
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            a @ a
-            times.append(time.perf_counter() - t0)
-        return {"gflops": 2 * 4096**3 / float(np.median(times)) / 1e9}
+        seconds = median_seconds(lambda: a @ a, repeats=5, warmup=1)
+        return {"gflops": 2 * 4096**3 / seconds / 1e9}
 
     model = _build(cfg["arch"], cfg["state"])
     shapes: Counter = Counter()
@@ -137,7 +119,7 @@ def worker(cfg: dict) -> dict:
         pixels = image.shape[0] * image.shape[1]
         t0 = time.perf_counter()
         if kind == "whole":
-            probs = _whole(model, np.asarray(image))
+            probs = whole_image_probs(model, np.asarray(image))
         elif kind == "monai":
             probs = _monai(model, image, cfg.get("channels_last", False))
         else:
@@ -236,10 +218,12 @@ def _row(section: str, method: str, size: str, r: dict, mm: float) -> str:
     return row
 
 
-def main(quick: bool) -> None:
+def main(quick: bool, run: Run) -> None:
+    """Run the four sections (docstring above) and print the table; progress goes to stderr.
+
+    One long function on purpose: it reads top to bottom as the benchmark's protocol.
+    """
     s1, s2, s3, s4 = (512, 256, 2048, 256) if quick else (2048, 1024, 8192, 1024)
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         same = _save_model(SAME, tmp / "same.pt")
@@ -328,10 +312,11 @@ def main(quick: bool) -> None:
         "max abs dev | mean abs dev | argmax agree | model calls (count×input shape) |"
     )
     print(
-        f"pixelwise tiling benchmark{' (--quick)' if quick else ''}: torch {torch.__version__}, "
-        f"{THREADS} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"fp32 torch.mm {mm:.1f} GFLOP/s, load average {load_before:.1f} → "
-        f"{os.getloadavg()[0]:.1f}, total {time.perf_counter() - started:.0f} s"
+        run.header(
+            f"pixelwise tiling benchmark{' (--quick)' if quick else ''}",
+            f"workers: {THREADS} threads each, CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, fp32 torch.mm {mm:.1f} GFLOP/s",
+        )
     )
     print()
     print(header)
@@ -354,11 +339,10 @@ def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small images, ~1 minute")
+    parser = make_parser(__doc__, quick="small images, ~1 minute")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
     else:
-        main(args.quick)
+        main(args.quick, Run("tiling"))

@@ -1,4 +1,4 @@
-"""Tests for pixelwise.augment: elastic field, composed geometry, alignment of image/mask/weight."""
+"""Tests for pixelwise.augment: elastic field, composed transforms, aligned image/mask/weight."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pixelwise.augment import Augment, Geometry, adjust_gray, elastic_field, warp
+from pixelwise.augment import Augment, SpatialTransform, adjust_gray, elastic_field, warp
 
 
 def blocks(shape=(96, 112), size=16, seed=0, n_labels=6) -> np.ndarray:
@@ -51,7 +51,7 @@ def test_elastic_field_passes_through_the_coarse_vectors():
 
 
 # --------------------------------------------------------------------------------------------
-# Geometry and warp
+# SpatialTransform and warp
 # --------------------------------------------------------------------------------------------
 
 
@@ -59,9 +59,11 @@ def test_warp_matches_scipy_map_coordinates():
     image = smooth_image((64, 72))
     mask = blocks((64, 72), size=8)
     field = elastic_field((64, 72), rng=np.random.default_rng(2))
-    geometry = Geometry(angle=33.0, shift=(4.5, -7.25), flip=(True, False), displacement=field)
-    coords = geometry.coordinates((64, 72))
-    out_image, out_mask, out_weight = warp(geometry, image, mask, image * 2)
+    transform = SpatialTransform(
+        angle=33.0, shift=(4.5, -7.25), flip=(True, False), displacement=field
+    )
+    coords = transform.coordinates((64, 72))
+    out_image, out_mask, out_weight = warp(transform, image, mask, image * 2)
     expected = ndi.map_coordinates(image, coords, order=1, mode="mirror")
     np.testing.assert_allclose(out_image, expected, atol=1e-4)
     np.testing.assert_allclose(out_weight, 2 * expected, atol=2e-4)
@@ -73,11 +75,11 @@ def test_rotation_by_90_degrees_equals_rot90():
     image = smooth_image((48, 48))
     mask = blocks((48, 48), size=6)
     weight = image + 1.0
-    out_image, out_mask, out_weight = warp(Geometry(angle=90.0), image, mask, weight)
+    out_image, out_mask, out_weight = warp(SpatialTransform(angle=90.0), image, mask, weight)
     np.testing.assert_array_equal(out_mask, np.rot90(mask))
     np.testing.assert_allclose(out_image, np.rot90(image), atol=1e-5)
     np.testing.assert_allclose(out_weight, np.rot90(weight), atol=1e-5)
-    flipped = warp(Geometry(angle=-90.0, flip=(False, True)), image, mask)[1]
+    flipped = warp(SpatialTransform(angle=-90.0, flip=(False, True)), image, mask)[1]
     np.testing.assert_array_equal(flipped, np.fliplr(np.rot90(mask, -1)))
 
 
@@ -85,7 +87,7 @@ def test_rotation_by_90_degrees_equals_rot90():
 def test_flips_are_exact(flip):
     image = np.random.default_rng(0).random((3, 20, 30)).astype(np.float32)
     mask = blocks((20, 30), size=4)
-    out_image, out_mask, out_weight = warp(Geometry(flip=flip), image, mask, image[0])
+    out_image, out_mask, out_weight = warp(SpatialTransform(flip=flip), image, mask, image[0])
     axes = tuple(axis for axis, f in zip((-2, -1), flip, strict=True) if f)
     np.testing.assert_array_equal(out_image, np.flip(image, axes))
     np.testing.assert_array_equal(out_mask, np.flip(mask, axes))
@@ -96,13 +98,15 @@ def test_flips_are_exact(flip):
 
 def test_crop_window_equals_slice_of_full_transform():
     field = elastic_field((50, 60), rng=np.random.default_rng(3))
-    full = Geometry(angle=20.0, shift=(2.0, 3.0), flip=(True, True), displacement=field)
-    window = Geometry(
+    full = SpatialTransform(angle=20.0, shift=(2.0, 3.0), flip=(True, True), displacement=field)
+    window = SpatialTransform(
         angle=20.0, shift=(2.0, 3.0), flip=(True, True), displacement=field, origin=(7, 11),
         size=(30, 40),
     )  # fmt: skip
     # Flips reverse the output window, so the window is cut from the unflipped full map.
-    unflipped = Geometry(angle=20.0, shift=(2.0, 3.0), displacement=field).coordinates((50, 60))
+    unflipped = SpatialTransform(angle=20.0, shift=(2.0, 3.0), displacement=field).coordinates(
+        (50, 60)
+    )
     expected = unflipped[:, 7:37, 11:51][:, ::-1, ::-1]
     np.testing.assert_allclose(window.coordinates((50, 60)), expected, atol=1e-4)
     assert full.coordinates((50, 60)).shape == (2, 50, 60)
@@ -110,13 +114,13 @@ def test_crop_window_equals_slice_of_full_transform():
 
 def test_multichannel_image_warps_each_channel_alike():
     image = np.stack([smooth_image((40, 40), seed=s) for s in range(3)])
-    geometry = Geometry(
+    transform = SpatialTransform(
         angle=15.0, displacement=elastic_field((40, 40), rng=np.random.default_rng(0))
     )
-    out = warp(geometry, image)[0]
+    out = warp(transform, image)[0]
     assert out.shape == (3, 40, 40)
     for channel in range(3):
-        np.testing.assert_array_equal(out[channel], warp(geometry, image[channel])[0])
+        np.testing.assert_array_equal(out[channel], warp(transform, image[channel])[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,4 +253,4 @@ def test_augment_rejects_bad_arrays():
     with pytest.raises(ValueError, match=r"out_size \(16, 16\) must fit in the image"):
         Augment(out_size=(16, 16))(image, mask, rng=rng)
     with pytest.raises(ValueError, match=r"the output window at origin \(4, 0\) of size \(6, 6\)"):
-        warp(Geometry(origin=(4, 0), size=(6, 6)), image)
+        warp(SpatialTransform(origin=(4, 0), size=(6, 6)), image)

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).parents[1]
-DATA = ROOT / "../shared/data/camvid"
-
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("camvid_fcn", ROOT / "benchmarks/camvid_fcn.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+import camvid_fcn as recipe  # benchmarks/ is on sys.path (tests/conftest.py)
 
 
 def test_scaled_size_rounds_and_keeps_at_least_one_pixel() -> None:
@@ -42,10 +28,11 @@ def test_ordering_reports_both_gaps_and_the_verdict() -> None:
     assert recipe.ordering(rows)["target_met"] is True
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"CamVid data not found at {DATA.resolve()}")
-def test_quick_run_writes_sane_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_quick_run_writes_sane_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture, shared_data
+) -> None:
     out = tmp_path / "out"
-    assert recipe.main([str(DATA), "--quick", "--out", str(out)]) == 0
+    assert recipe.main([str(shared_data("camvid")), "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| model (CamVid test) |" in printed
     assert "Target mean IU 8s ≥ 16s ≥ 32s:" in printed

@@ -1,34 +1,24 @@
 """The ISBI 2012 recipe's --quick mode runs end to end on the real data and gives sane numbers."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "isbi2012"
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("isbi2012", ROOT / "benchmarks" / "isbi2012.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import isbi2012 as recipe  # benchmarks/ is on sys.path (tests/conftest.py)
 
 
 def test_edge_band_counts_pixels_within_the_width():
-    band = _recipe().edge_band((10, 8), 2)
+    band = recipe.edge_band((10, 8), 2)
     # inner rectangle not in the band: (10 − 4) × (8 − 4) = 24 of 80 pixels
     assert band.sum() == 80 - 24
     assert band[0].all() and band[:, -1].all() and not band[2:8, 2:6].any()
 
 
-@pytest.mark.skipif(not DATA.exists(), reason=f"real data not found at {DATA}")
-def test_quick_run_writes_its_table(tmp_path, capsys):
-    assert _recipe().main([str(DATA), "--quick", "--out", str(tmp_path)]) == 0
+def test_quick_run_writes_its_table(tmp_path, capsys, shared_data):
+    data = shared_data("isbi2012")
+    assert recipe.main([str(data), "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| U-Net + d4 TTA |" in printed and "| reflect |" in printed
     assert (tmp_path / "results.md").read_text() in printed
@@ -46,12 +36,12 @@ def test_quick_run_writes_its_table(tmp_path, capsys):
     for row in results["isbi"].values():  # the sweep's minimum is at most the 0.5 decision's
         assert row["pixel_error"] <= row["pixel_error_at_0.5"]
     # --evaluate-only re-scores the same checkpoint without training: the same numbers
-    assert _recipe().main([str(DATA), "--quick", "--out", str(tmp_path), "--evaluate-only"]) == 0
+    assert recipe.main([str(data), "--quick", "--out", str(tmp_path), "--evaluate-only"]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["isbi"] == results["isbi"] and again["train"] == results["train"]
 
 
-@pytest.mark.skipif(not DATA.exists(), reason=f"real data not found at {DATA}")
-def test_evaluate_only_without_a_run_says_what_to_do(tmp_path):
+def test_evaluate_only_without_a_run_says_what_to_do(tmp_path, shared_data):
+    data = shared_data("isbi2012")
     with pytest.raises(SystemExit, match=r"best.safetensors not found; train first"):
-        _recipe().main([str(DATA), "--quick", "--out", str(tmp_path), "--evaluate-only"])
+        recipe.main([str(data), "--quick", "--out", str(tmp_path), "--evaluate-only"])

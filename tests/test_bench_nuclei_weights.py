@@ -3,32 +3,16 @@ arrays, and the whole pipeline in --quick mode on the real Cell Tracking Challen
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import nuclei_weights as recipe  # benchmarks/ is on sys.path (tests/conftest.py)
 from pixelwise.data import Sample, read_image
-
-ROOT = Path(__file__).parents[1]
-DATA = ROOT / "../shared/data/nuclei"
-
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location(
-        "nuclei_weights", ROOT / "benchmarks/nuclei_weights.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+from pixelwise.instances import count_touching_pairs
 
 
 def test_normalize_percentile_maps_percentiles_to_0_and_1_whatever_the_offset() -> None:
@@ -49,20 +33,20 @@ def test_normalize_percentile_rejects_flat_images_and_bad_percentiles() -> None:
         recipe.normalize_percentile(np.arange(4.0), low=50, high=50)
 
 
-def test_centre_crop_takes_the_middle_window() -> None:
+def test_center_crop_takes_the_middle_window() -> None:
     a = np.arange(35).reshape(5, 7)
-    np.testing.assert_array_equal(recipe.centre_crop(a, 3), a[1:4, 2:5])
-    assert recipe.centre_crop(a, None) is a
-    np.testing.assert_array_equal(recipe.centre_crop(a, 6), a[:, :6])  # taller than the image
+    np.testing.assert_array_equal(recipe.center_crop(a, 3), a[1:4, 2:5])
+    assert recipe.center_crop(a, None) is a
+    np.testing.assert_array_equal(recipe.center_crop(a, 6), a[:, :6])  # taller than the image
 
 
 def test_contact_pairs_counts_4_neighbour_contacts_once_per_pair() -> None:
-    assert recipe.contact_pairs(np.array([[1, 2, 0, 3]])) == 1  # 3 is one pixel away
-    assert recipe.contact_pairs(np.array([[1, 1], [2, 2]])) == 1  # two contacts, one pair
-    assert recipe.contact_pairs(np.array([[1, 0], [0, 2]])) == 0  # diagonal only
+    assert count_touching_pairs(np.array([[1, 2, 0, 3]])) == 1  # 3 is one pixel away
+    assert count_touching_pairs(np.array([[1, 1], [2, 2]])) == 1  # two contacts, one pair
+    assert count_touching_pairs(np.array([[1, 0], [0, 2]])) == 0  # diagonal only
     three = np.array([[1, 2], [3, 3]])  # 1-2, 1-3, 2-3
-    assert recipe.contact_pairs(three) == 3
-    assert recipe.contact_pairs(np.zeros((3, 3), int)) == 0
+    assert count_touching_pairs(three) == 3
+    assert count_touching_pairs(np.zeros((3, 3), int)) == 0
 
 
 def test_split_frames_holds_out_the_last_frame() -> None:
@@ -120,10 +104,12 @@ def test_table_rows_group_by_dataset_and_verdict_needs_strictly_fewer_merges() -
     assert recipe.merge_verdict(rows)["target_met"] is False  # a tie is not a reduction
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"nuclei data not found at {DATA.resolve()}")
-def test_quick_run_writes_sane_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_quick_run_writes_sane_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture, shared_data
+) -> None:
     out = tmp_path / "out"
-    assert recipe.main([str(DATA), "--quick", "--out", str(out)]) == 0
+    data = shared_data("nuclei")
+    assert recipe.main([str(data), "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| model | objects from | test set | F1@0.5 |" in printed
     assert "Target (weighted merges fewer touching nuclei" in printed
@@ -139,11 +125,11 @@ def test_quick_run_writes_sane_results(tmp_path: Path, capsys: pytest.CaptureFix
     image = read_image(out / "data/train/images/HeLa_t75.tif")
     assert image.dtype == np.float32 and image.shape == (crop, crop)
     assert np.percentile(image, [1, 99.8]) == pytest.approx([0, 1], abs=1e-5)
-    gt = recipe.centre_crop(read_image(DATA / "N2DL-HeLa/gt/man_seg75.tif"), crop)
+    gt = recipe.center_crop(read_image(data / "N2DL-HeLa/gt/man_seg75.tif"), crop)
     separated = read_image(out / "data/train/masks/HeLa_t75.tif")
-    assert recipe.contact_pairs(gt) > 0 and recipe.contact_pairs(separated) == 0
+    assert count_touching_pairs(gt) > 0 and count_touching_pairs(separated) == 0
     assert np.all((separated == 0) | (separated == gt))  # only background lines were added
-    held_out = recipe.centre_crop(read_image(DATA / "N2DL-HeLa/gt/man_seg79.tif"), crop)
+    held_out = recipe.center_crop(read_image(data / "N2DL-HeLa/gt/man_seg79.tif"), crop)
     np.testing.assert_array_equal(read_image(out / "data/test/masks/HeLa_t79.tif"), held_out)
     for model in recipe.MODELS:
         for how in recipe.LABELLINGS:

@@ -1,5 +1,6 @@
 """The command line, driven in-process: train → predict → evaluate → export, and user errors."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,32 @@ def test_info_prints_the_paper_numbers(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "31,030,658" in out and "572 → 388" in out
+
+
+def test_predict_and_export_flags_keep_their_old_spellings():
+    from pixelwise.cli import build_parser
+
+    parser = build_parser()
+    base = ["predict", "m.safetensors", "in", "--out", "o"]
+    new = ["--tile-size", "60", "--batch-size", "2", "--memory-budget-mb", "64", "--autocast"]
+    old = ["--tile", "60", "--batch", "2", "--memory-budget", "64", "--amp"]
+    canonical = parser.parse_args([*base, *new, "bf16"])
+    assert vars(canonical) == vars(parser.parse_args([*base, *old, "bf16"]))
+    assert (canonical.tile_size, canonical.batch_size) == (60, 2)
+    assert (canonical.memory_budget_mb, canonical.autocast) == (64.0, "bf16")
+    export = ["export", "m.safetensors", "--onnx", "m.onnx"]
+    assert parser.parse_args([*export, "--size", "64"]).example_size == 64
+    assert parser.parse_args([*export, "--example-size", "64"]).example_size == 64
+
+
+def test_predict_objects_writes_csv_and_coco_json(trained, dataset, tmp_path):
+    out = tmp_path / "p"
+    argv = ["predict", str(trained), str(dataset / "images" / "im0.png"), "--out", str(out)]
+    assert main([*argv, "--objects", "--no-progress"]) == 0
+    assert (out / "objects" / "im0.csv").is_file()
+    coco = json.loads((out / "objects" / "im0.json").read_text())
+    assert coco["images"][0]["file_name"] == "im0.png"
+    assert coco["categories"] == [{"id": 1, "name": "blob"}]
 
 
 def test_demo_quick(tmp_path, capsys):

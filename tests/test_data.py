@@ -1,8 +1,9 @@
-"""Tests for pixelwise.data: image I/O, normalisation, layouts, validation, dataset, summary."""
+"""Tests for pixelwise.data layouts, the dataset survey, the torch dataset and `data check`."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,32 +12,20 @@ import tifffile
 import torch
 from PIL import Image
 
-from pixelwise import data
 from pixelwise.data import (
     VOC_PALETTE,
     DataError,
     MaskEncoding,
     Sample,
     SegmentationDataset,
+    SurveyReport,
     check_dataset,
-    dataset_summary,
-    decode_mask,
-    infer_normalization,
-    iter_pages,
-    load_and_validate,
+    load_dataset,
     open_dataset,
-    read_image,
-    read_stack,
-    to_chw_float,
-    validate,
-    voc_palette,
-    write_image_atomic,
+    survey_dataset,
+    write_image,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason="../shared/data (real datasets) not present"
-)
+from pixelwise.data import survey as survey_module
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -65,7 +54,7 @@ def _labels(h: int = 16, w: int = 16, n: int = 3, seed: int = 1) -> np.ndarray:
     return _rng(seed).integers(0, n, (h, w), dtype=np.uint8)
 
 
-def _messages(report: data.ValidationReport) -> list[str]:
+def _messages(report: SurveyReport) -> list[str]:
     return [f"{Path(p.path).name}: {p.message}" for p in report.problems]
 
 
@@ -74,223 +63,6 @@ def _jpeg_like_mask() -> np.ndarray:
     yy, xx = np.mgrid[:64, :64]
     disc = (((yy - 30) ** 2 + (xx - 34) ** 2) < 400).astype(np.uint8) * 255
     return disc
-
-
-# ------------------------------------------------------------------------------------------
-# Image I/O
-# ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "array"),
-    [
-        ("grey.png", _image(9, 7)),
-        ("deep.png", _rng(2).integers(0, 65536, (5, 6), dtype=np.uint16)),
-        ("rgb.png", _rng(3).integers(0, 256, (4, 5, 3), dtype=np.uint8)),
-        ("float.tif", _rng(4).random((6, 4)).astype(np.float32)),
-        ("rgb16.tiff", _rng(5).integers(0, 65536, (3, 4, 3), dtype=np.uint16)),
-    ],
-)
-def test_write_read_round_trip_leaves_no_temp_file(
-    tmp_path: Path, name: str, array: np.ndarray
-) -> None:
-    target = tmp_path / "out" / name
-    write_image_atomic(target, array)
-    back = read_image(target)
-    assert back.dtype == array.dtype
-    np.testing.assert_array_equal(back, array)
-    assert sorted(p.name for p in target.parent.iterdir()) == [name]
-
-
-def test_palette_png_round_trip_reads_indices(tmp_path: Path) -> None:
-    classes = _labels(8, 10, n=5)
-    palette = voc_palette(5)
-    target = tmp_path / "classes.png"
-    write_image_atomic(target, classes.astype(np.int64), palette=palette)
-    with Image.open(target) as image:
-        assert image.mode == "P"
-        assert image.getpalette()[:15] == palette.reshape(-1).tolist()
-    np.testing.assert_array_equal(read_image(target), classes)
-    assert [p.name for p in tmp_path.iterdir()] == ["classes.png"]
-
-
-def test_failed_atomic_write_keeps_old_file_and_removes_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "x.png"
-    write_image_atomic(target, np.zeros((4, 4), np.uint8))
-
-    def broken_replace(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(data.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        write_image_atomic(target, np.full((4, 4), 7, np.uint8))
-    monkeypatch.undo()
-    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
-    assert read_image(target).max() == 0
-
-
-def test_write_rejects_bad_input(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"class map values must be in 0\.\.2"):
-        write_image_atomic(tmp_path / "a.png", np.array([[0, 3]]), palette=voc_palette(3))
-    with pytest.raises(ValueError, match="float arrays cannot be saved as PNG"):
-        write_image_atomic(tmp_path / "a.png", np.zeros((2, 2), np.float32))
-    with pytest.raises(ValueError, match="unsupported image suffix '.bmp'"):
-        write_image_atomic(tmp_path / "a.bmp", np.zeros((2, 2), np.uint8))
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_unreadable_file_error_names_file_and_fix(tmp_path: Path) -> None:
-    bad = tmp_path / "x.png"
-    bad.write_bytes(b"this is not a png at all")
-    with pytest.raises(DataError) as info:
-        read_image(bad)
-    message = str(info.value)
-    assert message.startswith(f"{bad}: cannot read image (")
-    assert message.endswith("); check the file is a valid PNG/TIFF/JPEG")
-    with pytest.raises(DataError, match="cannot read image \\(file not found\\); check the path"):
-        read_image(tmp_path / "missing.png")
-
-
-def test_tiff_stack_pages(tmp_path: Path) -> None:
-    stack = _rng().integers(0, 256, (3, 5, 6), dtype=np.uint8)
-    path = tmp_path / "vol.tif"
-    tifffile.imwrite(path, stack, photometric="minisblack")
-    np.testing.assert_array_equal(read_stack(path), stack)
-    pages = list(iter_pages(path))
-    assert len(pages) == 3
-    np.testing.assert_array_equal(pages[2], stack[2])
-    np.testing.assert_array_equal(read_image(path, page=1), stack[1])
-    with pytest.raises(
-        DataError, match="file has 3 pages, expected a single image; use read_stack"
-    ):
-        read_image(path)
-    with pytest.raises(DataError, match=r"page 3 out of range \(file has 3 pages\)"):
-        read_image(path, page=3)
-
-
-# ------------------------------------------------------------------------------------------
-# Normalisation
-# ------------------------------------------------------------------------------------------
-
-
-def test_to_chw_float_scales_by_dtype_and_normalises() -> None:
-    rgb = _rng().integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    x = to_chw_float(rgb)
-    assert x.shape == (3, 4, 5)
-    assert x.dtype == np.float32
-    np.testing.assert_allclose(x, np.moveaxis(rgb, -1, 0) / 255.0, rtol=1e-6)
-    deep = np.array([[0, 65535]], dtype=np.uint16)
-    np.testing.assert_allclose(to_chw_float(deep), [[[0.0, 1.0]]])
-    norm = {"mean": [0.5, 0.25, 0.0], "std": [2.0, 0.5, 1.0], "scale": 1 / 255}
-    y = to_chw_float(rgb, normalization=norm)
-    expected = (np.moveaxis(rgb, -1, 0) / 255.0 - np.array([0.5, 0.25, 0.0])[:, None, None]) / (
-        np.array([2.0, 0.5, 1.0])[:, None, None]
-    )
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_to_chw_float_errors() -> None:
-    image = np.ones((2, 2), np.float32)
-    image[0, 1] = np.nan
-    with pytest.raises(DataError, match=r"^scan\.tif: image has 1 NaN or infinite values; replace"):
-        to_chw_float(image, source="scan.tif")
-    grey = np.zeros((2, 2), np.uint8)
-    with pytest.raises(DataError, match="image has 1 channel\\(s\\) but normalization has 3"):
-        to_chw_float(grey, normalization={"mean": [0, 0, 0], "std": [1, 1, 1]})
-    with pytest.raises(DataError, match="does not match the normalization scale"):
-        to_chw_float(
-            grey.astype(np.uint16), normalization={"mean": [0], "std": [1], "scale": 1 / 255}
-        )
-
-
-def test_infer_normalization_matches_numpy_over_all_pixels() -> None:
-    images = [
-        _rng(1).integers(0, 256, (7, 5, 3), dtype=np.uint8),
-        _rng(2).integers(0, 100, (3, 11, 3), dtype=np.uint8),
-        np.full((2, 2, 3), 250, np.uint8),
-    ]
-    norm = infer_normalization(images)
-    pixels = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.float64) / 255
-    np.testing.assert_allclose(norm["mean"], pixels.mean(axis=0), rtol=1e-10)
-    np.testing.assert_allclose(norm["std"], pixels.std(axis=0), rtol=1e-10)
-    assert norm["scale"] == pytest.approx(1 / 255)
-    constant = infer_normalization([np.full((3, 3), 65535, np.uint16)])
-    assert constant == {"mean": [1.0], "std": [1.0], "scale": pytest.approx(1 / 65535)}
-    with pytest.raises(DataError, match="image #1: has 3 channel"):
-        infer_normalization([np.zeros((2, 2), np.uint8), np.zeros((2, 2, 3), np.uint8)])
-
-
-# ------------------------------------------------------------------------------------------
-# Mask decoding
-# ------------------------------------------------------------------------------------------
-
-
-def test_binary_255_mask_read_as_0_1() -> None:
-    raw = np.array([[0, 255], [255, 255]], np.uint8)
-    decoded = decode_mask(raw)
-    np.testing.assert_array_equal(decoded.mask, [[0, 1], [1, 1]])
-    assert decoded.binary_255
-    assert decoded.values.tolist() == [0, 1]
-    assert decoded.counts.tolist() == [1, 3]
-    # 255 is the ignore value (VOC) or more classes are declared: kept as is.
-    assert not decode_mask(raw, MaskEncoding(ignore_index=255)).binary_255
-    with pytest.raises(DataError, match=r"outside classes 0\.\.2: \[255\]"):
-        decode_mask(raw, MaskEncoding(num_classes=3))
-
-
-def test_rgb_masks_map_through_palette() -> None:
-    index = np.array([[0, 1], [15, 255]])
-    rgb = VOC_PALETTE[index]
-    decoded = decode_mask(rgb, MaskEncoding(ignore_index=255))
-    np.testing.assert_array_equal(decoded.mask, index)
-    custom = np.array([[10, 20, 30], [40, 50, 60]], np.uint8)
-    np.testing.assert_array_equal(
-        decode_mask(custom[np.array([[1, 0]])], MaskEncoding(palette=custom)).mask, [[1, 0]]
-    )
-    grey_as_rgb = np.repeat(np.array([[0, 2]], np.uint8)[..., None], 3, axis=2)
-    np.testing.assert_array_equal(decode_mask(grey_as_rgb).mask, [[0, 2]])
-
-
-def test_rgb_mask_unknown_colours_are_named() -> None:
-    rgb = np.zeros((3, 3, 3), np.uint8)
-    rgb[0, :] = (1, 2, 3)
-    rgb[1, 0] = (9, 9, 8)
-    with pytest.raises(DataError) as info:
-        decode_mask(rgb, path="m.png")
-    assert str(info.value) == (
-        "m.png: RGB mask has 2 colour(s) not in the VOC palette: (1, 2, 3) on 3 px, "
-        "(9, 9, 8) on 1 px; pass palette= with one RGB row per class (row i = class i) covering "
-        "these colours, or save masks as single-channel integer labels"
-    )
-
-
-def test_lossy_mask_detected_from_values_and_suffix(tmp_path: Path) -> None:
-    Image.fromarray(_jpeg_like_mask()).save(tmp_path / "m.jpg", quality=75)
-    decoded_jpeg = read_image(tmp_path / "m.jpg")
-    n_values = len(np.unique(decoded_jpeg))
-    assert n_values > 16
-    # Same pixels stored as PNG: caught by the value pattern alone.
-    with pytest.raises(DataError, match=f"mask looks lossy-compressed \\(JPEG\\?\\): {n_values}"):
-        decode_mask(decoded_jpeg, path="m.png")
-    with pytest.raises(DataError, match="save masks as PNG"):
-        decode_mask(np.zeros((4, 4), np.uint8), path="clean.jpg")
-
-
-def test_instance_masks_give_ids_and_foreground() -> None:
-    ids = np.array([[0, 3, 3], [7, 0, 0]], np.uint16)
-    decoded = decode_mask(ids, MaskEncoding(instances=True))
-    np.testing.assert_array_equal(decoded.mask, [[0, 1, 1], [1, 0, 0]])
-    np.testing.assert_array_equal(decoded.instances, ids)
-    assert decoded.n_objects == 2
-    assert decoded.counts.tolist() == [3, 3]
-
-
-def test_float_mask_must_be_integral() -> None:
-    with pytest.raises(DataError, match="mask has non-integer values \\(dtype float32\\)"):
-        decode_mask(np.array([[0.5, 1.0]], np.float32))
-    np.testing.assert_array_equal(decode_mask(np.array([[2.0, 1.0]])).mask, [[2, 1]])
 
 
 # ------------------------------------------------------------------------------------------
@@ -327,7 +99,7 @@ def test_split_subfolders_camvid_style(tmp_path: Path) -> None:
     assert [s.name for s in open_dataset(tmp_path, split="val").samples] == ["val/c"]
     every = open_dataset(tmp_path)
     assert [s.name for s in every.samples] == ["train/a", "train/b", "val/c"]
-    assert every.notices == ["using all splits: train, val (pass split= to choose one)"]
+    assert every.notices == ["using all splits: train, val (pass split= / --split to choose one)"]
     with pytest.raises(DataError, match="split 'test' not found \\(available: 'train', 'val'\\)"):
         open_dataset(tmp_path, split="test")
 
@@ -343,6 +115,36 @@ def test_explicit_dirs_and_unknown_layout(tmp_path: Path) -> None:
         open_dataset(tmp_path / "nope")
 
 
+def test_half_a_folder_pair_names_the_missing_folder(tmp_path: Path) -> None:
+    _png(tmp_path / "images" / "a.png", _image())
+    with pytest.raises(DataError) as info:
+        open_dataset(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: no dataset layout found: images/ is there but masks/ is missing; create "
+        f"{tmp_path / 'masks'}/ holding one mask per image, with the same file name stem "
+        "(images/a.png <-> masks/a.png)"
+    )
+    _png(tmp_path / "train" / "labels" / "a.png", _labels())
+    (tmp_path / "images" / "a.png").unlink()
+    (tmp_path / "images").rmdir()
+    with pytest.raises(DataError, match="labels/ is there but images/ is missing; create "):
+        open_dataset(tmp_path)
+    text, problems = check_dataset(tmp_path)
+    assert [p.path for p in problems] == [str(tmp_path / "train")]
+    assert "images_dir" not in text
+
+
+def test_empty_folder_fix_names_arguments_only_when_given(tmp_path: Path) -> None:
+    _png(tmp_path / "images" / "a.png", _image())
+    (tmp_path / "masks").mkdir()
+    found = open_dataset(tmp_path).problems[0]
+    assert found.fix == "put the masks/ files there, named like their pairs' files"
+    given = open_dataset(tmp_path, images_dir="images", masks_dir="masks").problems[0]
+    assert (
+        given.fix == "put the files there, or point images_dir= / masks_dir= at the right folders"
+    )
+
+
 def _voc(root: Path) -> dict[str, np.ndarray]:
     masks = {}
     for i, stem in enumerate(("2007_000001", "2007_000002", "2007_000003")):
@@ -352,7 +154,7 @@ def _voc(root: Path) -> dict[str, np.ndarray]:
         mask = np.zeros((6, 8), np.uint8)
         mask[1:4, 2:6] = i + 1
         mask[0, :] = 255  # object boundary, ignored
-        write_image_atomic(root / "SegmentationClass" / f"{stem}.png", mask, palette=VOC_PALETTE)
+        write_image(root / "SegmentationClass" / f"{stem}.png", mask, palette=VOC_PALETTE)
         masks[stem] = mask
     sets = _mkdir(root / "ImageSets" / "Segmentation")
     (sets / "train.txt").write_text("2007_000001\n2007_000003\n")
@@ -371,14 +173,14 @@ def test_voc_layout_with_split_and_255_ignore(tmp_path: Path) -> None:
     assert index.layout == "voc"
     assert [s.name for s in index.samples] == ["2007_000001", "2007_000003"]
     assert (index.encoding.num_classes, index.encoding.ignore_index) == (21, 255)
-    report = validate(index)
+    report = survey_dataset(index)
     assert report.ok, report.format()
     assert report.ignore_pixels == 2 * 8
     assert report.class_pixels[[0, 1, 3]].tolist() == [2 * (48 - 8 - 12), 12, 12]
     dataset = SegmentationDataset(index.samples, encoding=report.encoding)
     np.testing.assert_array_equal(dataset[1]["mask"].numpy(), masks["2007_000003"])
     assert dataset[1]["image"].shape == (3, 6, 8)
-    val = validate(open_dataset(tmp_path, split="val"))
+    val = survey_dataset(open_dataset(tmp_path, split="val"))
     assert _messages(val) == [
         "2007_000009.jpg: listed in val.txt but the file is missing",
         "2007_000009.png: listed in val.txt but the file is missing",
@@ -400,7 +202,7 @@ def test_tiff_stack_pairs_each_page_a_sample(tmp_path: Path) -> None:
         ("train-volume/1", 1),
         ("train-volume/2", 2),
     ]
-    dataset = load_and_validate(tmp_path, normalization={"mean": [0.0], "std": [1.0]})
+    dataset = load_dataset(tmp_path, normalization={"mean": [0.0], "std": [1.0]})
     item = dataset[2]
     np.testing.assert_allclose(item["image"].numpy()[0], images[2] / 255, rtol=1e-6)
     np.testing.assert_array_equal(item["mask"].numpy(), labels[2] // 255)
@@ -410,18 +212,18 @@ def test_tiff_stack_pairs_each_page_a_sample(tmp_path: Path) -> None:
         == "3 of 3 mask(s) stored as 0/255 were read as 0/1 (255 -> class 1)"
     )
     tifffile.imwrite(tmp_path / "train-labels.tif", labels[:2], photometric="minisblack")
-    report = validate(open_dataset(tmp_path))
+    report = survey_dataset(open_dataset(tmp_path))
     assert _messages(report) == [
         "train-labels.tif: label stack has 2 pages but image stack train-volume.tif has 3"
     ]
 
 
 # ------------------------------------------------------------------------------------------
-# Validation
+# Dataset survey
 # ------------------------------------------------------------------------------------------
 
 
-def test_validation_collects_every_problem(tmp_path: Path) -> None:
+def test_survey_collects_every_problem(tmp_path: Path) -> None:
     root = _folder(
         tmp_path,
         {
@@ -446,7 +248,7 @@ def test_validation_collects_every_problem(tmp_path: Path) -> None:
     Image.fromarray(_jpeg_like_mask()).save(root / "masks" / "jpeg.jpg", quality=75)
     _png(root / "images" / "jpeg.png", _image(64, 64))
 
-    report = validate(open_dataset(root), num_classes=3)
+    report = survey_dataset(open_dataset(root), num_classes=3)
     assert not report.ok
     messages = _messages(report)
     expected_fragments = [
@@ -471,7 +273,7 @@ def test_validation_collects_every_problem(tmp_path: Path) -> None:
         assert f"      fix: {problem.fix}" in text
     assert "fix: save masks as PNG (lossless) with one integer value per class" in text
     with pytest.raises(DataError) as info:
-        load_and_validate(root, num_classes=3)
+        load_dataset(root, num_classes=3)
     assert str(info.value) == f"{root}: dataset has problems\n{text}"
     assert len(info.value.problems) == len(messages)
 
@@ -479,12 +281,12 @@ def test_validation_collects_every_problem(tmp_path: Path) -> None:
 def test_empty_folder_and_no_samples(tmp_path: Path) -> None:
     _png(tmp_path / "images" / "a.png", _image())
     (tmp_path / "masks").mkdir()
-    report = validate(open_dataset(tmp_path))
+    report = survey_dataset(open_dataset(tmp_path))
     assert _messages(report) == [
         "masks: folder has no image files (.png, .jpg, .jpeg, .tif, .tiff)",
         "a.png: no mask with stem 'a' in " + str(tmp_path / "masks"),
     ]
-    empty = validate([])
+    empty = survey_dataset([])
     assert [(p.path, p.message) for p in empty.problems] == [
         ("dataset", "no image/mask pairs found")
     ]
@@ -494,30 +296,30 @@ def test_binary_0_255_masks_give_notice_and_two_classes(tmp_path: Path) -> None:
     binary = np.zeros((16, 16), np.uint8)
     binary[:4] = 255
     root = _folder(tmp_path, {"a": (_image(), binary), "b": (_image(), np.zeros_like(binary))})
-    report = validate(open_dataset(root))
+    report = survey_dataset(open_dataset(root))
     assert report.ok
     assert report.encoding.num_classes == 2
     assert report.class_pixels.tolist() == [256 + 256 - 64, 64]
     assert report.notices[0] == "1 of 2 mask(s) stored as 0/255 were read as 0/1 (255 -> class 1)"
     _png(root / "images" / "c.png", _image())
     _png(root / "masks" / "c.png", _labels(n=4))
-    mixed = validate(open_dataset(root))
+    mixed = survey_dataset(open_dataset(root))
     assert _messages(mixed) == [
         "c.png: mask has labels up to 3 while 1 other mask(s) are 0/255 binary"
     ]
 
 
-def test_validation_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_survey_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _folder(tmp_path, {str(i): (_image(seed=i), _labels(seed=i)) for i in range(4)})
     calls: list[str] = []
-    original = data.read_image
+    original = survey_module.read_image
 
     def counting(path: os.PathLike[str], *, page: int | None = None) -> np.ndarray:
         calls.append(Path(path).name)
         return original(path, page=page)
 
-    monkeypatch.setattr(data, "read_image", counting)
-    assert validate(open_dataset(root)).ok
+    monkeypatch.setattr(survey_module, "read_image", counting)
+    assert survey_dataset(open_dataset(root)).ok
     assert len(calls) == 8
     assert len(set(zip(calls[::2], calls[1::2], strict=True))) == 4
 
@@ -575,7 +377,7 @@ def test_dataset_instances_and_cached_weights(tmp_path: Path) -> None:
         calls.append(int(instances.max()))
         return 1.0 + (instances > 0)
 
-    dataset = load_and_validate(root, instances=True, weight_fn=weight_fn)
+    dataset = load_dataset(root, instances=True, weight_fn=weight_fn)
     assert dataset.num_classes == 2
     item = dataset[0]
     np.testing.assert_array_equal(item["instances"].numpy(), ids)
@@ -594,7 +396,7 @@ def test_dataset_instances_and_cached_weights(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_dataset_summary_on_small_folder(tmp_path: Path) -> None:
+def test_check_dataset_on_small_folder(tmp_path: Path) -> None:
     m1 = np.zeros((16, 16), np.uint8)
     m1[:4] = 1  # 64 px of class 1
     m2 = np.full((8, 12), 2, np.uint8)
@@ -625,7 +427,7 @@ def test_dataset_summary_on_small_folder(tmp_path: Path) -> None:
     text, problems = check_dataset(root, ignore_index=9)
     assert [p.message for p in problems] == [f"no mask with stem 'd' in {root / 'masks'}"]
     assert text.endswith("Status: FAILED (1 problems)")
-    assert "fix: add the mask or remove the image" in dataset_summary(root, ignore_index=9)
+    assert "fix: add the mask or remove the image" in check_dataset(root, ignore_index=9)[0]
     text, problems = check_dataset(tmp_path / "missing")
     assert [p.message for p in problems] == ["dataset folder does not exist"]
 
@@ -635,12 +437,11 @@ def test_dataset_summary_on_small_folder(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-@needs_shared
-def test_real_isbi2012_pairs_map_to_two_classes() -> None:
-    index = open_dataset(SHARED / "isbi2012")
+def test_real_isbi2012_pairs_map_to_two_classes(shared_data: Callable[[str], Path]) -> None:
+    index = open_dataset(shared_data("isbi2012"))
     assert len(index.samples) == 30
     assert index.samples[0].image_path.parent.name == "image"
-    report = validate(index)
+    report = survey_dataset(index)
     assert report.ok, report.format()
     assert report.encoding.num_classes == 2
     assert report.sizes == {(512, 512): 30}
@@ -650,11 +451,10 @@ def test_real_isbi2012_pairs_map_to_two_classes() -> None:
     assert set(torch.unique(mask).tolist()) == {0, 1}
 
 
-@needs_shared
-def test_real_camvid_void_is_ignore() -> None:
-    index = open_dataset(SHARED / "camvid", split="val", ignore_index=11)
+def test_real_camvid_void_is_ignore(shared_data: Callable[[str], Path]) -> None:
+    index = open_dataset(shared_data("camvid"), split="val", ignore_index=11)
     assert len(index.samples) == 51
-    report = validate(index)
+    report = survey_dataset(index)
     assert report.ok, report.format()
     assert report.encoding.num_classes == 11
     assert report.ignore_pixels > 0
@@ -662,14 +462,13 @@ def test_real_camvid_void_is_ignore() -> None:
     assert report.sizes == {(360, 480): 51}
 
 
-@needs_shared
-def test_real_nuclei_gowt1_instances() -> None:
-    index = open_dataset(SHARED / "nuclei" / "N2DH-GOWT1", instances=True)
+def test_real_nuclei_gowt1_instances(shared_data: Callable[[str], Path]) -> None:
+    index = open_dataset(shared_data("nuclei") / "N2DH-GOWT1", instances=True)
     assert [(s.image_path.name, s.mask_path.name) for s in index.samples if s.mask_path][:2] == [
         ("t01.tif", "man_seg01.tif"),
         ("t21.tif", "man_seg21.tif"),
     ]
-    report = validate(index)
+    report = survey_dataset(index)
     assert report.ok, report.format()
     item = SegmentationDataset(index.samples, encoding=report.encoding)[0]
     ids = item["instances"]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixelwise.models import FCN, load_vgg16_weights
+from pixelwise.models import FCN, Geometry, load_vgg16_weights
 from pixelwise.models.fcn import bilinear_kernel
 
 
@@ -140,3 +140,12 @@ def test_load_vgg16_weights_transplants_the_classifier(tmp_path):
 def test_bad_variant():
     with pytest.raises(ValueError, match=r"variant must be one of \('32s', '16s', '8s'\)"):
         FCN("4s")
+
+
+@pytest.mark.parametrize("variant", ["32s", "16s", "8s"])
+def test_fcn_satisfies_the_geometry_protocol(variant):
+    net = FCN(variant, num_classes=2, width=1 / 64)
+    assert isinstance(net, Geometry)
+    assert (net.margin, net.stride) == (0, 32)
+    assert net.output_size(37) == net.input_size(37) == 37
+    assert net.valid_input_sizes(0, 3) == [1, 2, 3]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +16,10 @@ from PIL import Image
 import pixelwise
 from pixelwise import instances, report, tiling
 from pixelwise.data import read_image, to_chw_float
-from pixelwise.inference import (
-    NormalizedImage,
-    distributed_context,
-    expand_inputs,
-    output_names,
-    predict_files,
-    select_device,
-)
+from pixelwise.distributed import distributed_context, select_device
+from pixelwise.inference import NormalizedImage, expand_inputs, output_names, predict_files
 from pixelwise.models import UNet
+from pixelwise.tiling import PredictOptions
 
 NORM = {"mean": [0.45], "std": [0.1], "scale": 1 / 255}
 PALETTE = [[0, 0, 0], [255, 255, 0]]  # shorter than the 3 classes: class 2 gets VOC green
@@ -113,6 +110,7 @@ def test_every_image_and_page_gets_its_outputs(full_run) -> None:
             out / "probs" / f"{name}.tif",
             out / "overlays" / f"{name}.png",
             out / "objects" / f"{name}.csv",
+            out / "objects" / f"{name}.json",
         }
     assert set(summary.written) == expected
     assert all(p.is_file() for p in expected)
@@ -149,6 +147,25 @@ def test_outputs_match_tiling_predict_on_normalised_image(full_run, good_folder,
     table = instances.object_table(objects, class_map=labels, probs=probs)
     assert [int(r["area"]) for r in rows] == [t["area"] for t in table]
     assert [int(r["class"]) for r in rows] == [t["class"] for t in table]
+
+    coco = json.loads((out / "objects" / f"{name}.json").read_text())
+    file, page = GOOD[name]
+    assert coco["images"][0]["file_name"] == file and coco["images"][0].get("page") == page
+    assert coco["categories"] == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    annotations = coco["annotations"]
+    assert [a["category_id"] for a in annotations] == [t["class"] for t in table]
+    for a in annotations:  # every RLE mask is its object
+        np.testing.assert_array_equal(_rle_mask(a["segmentation"]), objects == a["id"])
+
+
+def _rle_mask(rle: dict) -> np.ndarray:
+    """Decode COCO's uncompressed RLE: column-major run lengths, starting with background."""
+    h, w = rle["size"]
+    flat = np.zeros(h * w, bool)
+    starts = np.cumsum([0, *rle["counts"]])
+    for start, stop in zip(starts[1::2], starts[2::2], strict=False):
+        flat[start:stop] = True
+    return flat.reshape(w, h).T
 
 
 def test_without_probs_the_class_map_is_tiling_labels_and_tif_format(
@@ -329,10 +346,89 @@ def test_options_that_would_fail_every_file_raise_first(
 ) -> None:
     with pytest.raises(ValueError, match=r"tile_size 50 is not a valid input size.*48, 52"):
         predict_files(checkpoint, [good_folder], tmp_path, tile_size=50, log=None)
-    with pytest.raises(ValueError, match=r"output_format must be one of \('png', 'tif'\)"):
+    with pytest.raises(ValueError, match="output_format must be one of 'png', 'tif'; got 'jpg'"):
         predict_files(checkpoint, [good_folder], tmp_path, output_format="jpg", log=None)
-    with pytest.raises(ValueError, match=r"autocast must be None or one of \('bf16', 'fp16'\)"):
+    with pytest.raises(ValueError, match="autocast must be one of None, 'bf16', 'fp16'; got"):
         predict_files(checkpoint, [good_folder], tmp_path, autocast="int8", log=None)
     with pytest.raises(ValueError, match="would overwrite the input"):
         predict_files(checkpoint, [good_folder], good_folder, log=None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_wording_for_options_from_predict_and_predict_files(
+    checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    """An option is checked in one place: predict(), predict_files() and PredictOptions raise
+    the same message, and predict_files raises it before any file is read."""
+    model = pixelwise.load(checkpoint)
+    image = np.zeros((1, 20, 20), np.float32)
+    for bad in ({"tile_size": 50}, {"halo": 8}, {"tta": "rot"}, {"memory_budget_mb": -1}):
+        messages = []
+        for call in (
+            lambda bad=bad: tiling.predict(model, image, **bad),
+            lambda bad=bad: tiling.predict(model, image, PredictOptions(**bad)),
+            lambda bad=bad: predict_files(checkpoint, [good_folder], tmp_path, log=None, **bad),
+            lambda bad=bad: predict_files(
+                checkpoint, [good_folder], tmp_path, options=PredictOptions(**bad), log=None
+            ),
+        ):
+            with pytest.raises(ValueError) as info:
+                call()
+            messages.append(str(info.value))
+        assert len(set(messages)) == 1, messages
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_object_equals_keywords(checkpoint: Path, good_folder: Path, tmp_path: Path):
+    options = PredictOptions(tile_size=52, batch_size=2, tta="flips", device="cpu")
+    by_object = predict_files(
+        checkpoint, [good_folder / "a.png"], tmp_path / "o", options=options, log=None
+    )
+    by_keywords = predict_files(
+        checkpoint,
+        [good_folder / "a.png"],
+        tmp_path / "k",
+        tile_size=52,
+        batch_size=2,
+        tta="flips",
+        device="cpu",
+        log=None,
+    )
+    assert by_object.ok and by_keywords.ok
+    np.testing.assert_array_equal(
+        np.array(Image.open(tmp_path / "o" / "a.png")),
+        np.array(Image.open(tmp_path / "k" / "a.png")),
+    )
+    with pytest.raises(TypeError, match="unknown prediction option"):
+        predict_files(checkpoint, [good_folder], tmp_path, tile=52, log=None)
+
+
+@pytest.mark.parametrize("stream_pixels", [None, 100])
+def test_every_output_is_0644_under_umask_022(
+    checkpoint: Path, good_folder: Path, tmp_path: Path, stream_pixels: int | None
+) -> None:
+    """Class maps, overlays, probabilities and object files are readable by other users of a
+    shared server: 0o666 minus the umask, in memory and streamed."""
+    extra = {} if stream_pixels is None else {"stream_pixels": stream_pixels}
+    previous = os.umask(0o022)
+    try:
+        summary = predict_files(
+            checkpoint,
+            [good_folder / "a.png"],
+            tmp_path,
+            probs=True,
+            overlay=True,
+            objects=True,
+            device="cpu",
+            log=None,
+            **extra,
+        )
+    finally:
+        os.umask(previous)
+    assert summary.ok
+    expected = {"a.tif", "probs/a.tif"} if stream_pixels else {
+        "a.png", "probs/a.tif", "overlays/a.png", "objects/a.csv", "objects/a.json"
+    }  # fmt: skip
+    assert {p.relative_to(tmp_path).as_posix() for p in summary.written} == expected
+    for path in summary.written:
+        assert path.stat().st_mode & 0o777 == 0o644, path

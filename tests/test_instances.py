@@ -1,9 +1,12 @@
-"""Tests for pixelwise.instances: labelling, watershed, border classes, tables, COCO RLE."""
+"""Tests for pixelwise.instances: labelling, watershed, border classes, tables, COCO RLE and
+contacts (against brute-force references)."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,16 +14,22 @@ import torch
 
 from pixelwise.instances import (
     CSV_COLUMNS,
-    _priority_flood,
+    contact_pixels,
+    count_touching_pairs,
     instances_from_border_class,
     label,
     object_table,
     rle_decode,
     rle_encode,
+    separate_touching,
     to_coco,
+    touching_pairs,
+    touching_pairs_separated,
     write_coco_json,
     write_object_csv,
 )
+from pixelwise.instances.labelling import _priority_flood
+from pixelwise.synthetic import touching_cells
 
 
 def disc(shape, cy, cx, r):
@@ -186,3 +195,120 @@ def test_to_coco_round_trip(tmp_path):
         assert ann["segmentation"] == rle_encode(inst == obj)
     path = write_coco_json(coco, tmp_path / "coco.json")
     assert json.loads(path.read_text()) == coco
+
+
+# ---------------------------------------------------------------- contacts
+
+
+def brute_force_touching_pairs(instances, gap=0):
+    """Walk right and down from every object pixel through at most `gap` background pixels."""
+    pairs = set()
+    height, width = instances.shape
+    for y, x in itertools.product(range(height), range(width)):
+        a = int(instances[y, x])
+        if not a:
+            continue
+        for dy, dx in ((0, 1), (1, 0)):
+            for k in range(1, gap + 2):
+                ny, nx = y + k * dy, x + k * dx
+                if ny >= height or nx >= width:
+                    break
+                b = int(instances[ny, nx])
+                if b:
+                    if b != a:
+                        pairs.add((min(a, b), max(a, b)))
+                    break
+    return sorted(pairs)
+
+
+def brute_force_separate(instances):
+    out = instances.copy()
+    height, width = instances.shape
+    for y, x in itertools.product(range(height), range(width)):
+        a = instances[y, x]
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < height and 0 <= nx < width and a and instances[ny, nx] not in (0, a):
+                out[y, x] = 0
+    return out
+
+
+def brute_force_kept_apart(gt, pred, gap):
+    owner = {}
+    for obj in np.unique(gt[gt > 0]):
+        ids, counts = np.unique(pred[gt == obj], return_counts=True)
+        best = ids[np.argmax(counts)]
+        owner[int(obj)] = int(best) if best > 0 and counts.max() * 2 > counts.sum() else 0
+    pairs = brute_force_touching_pairs(gt, gap)
+    kept = sum(1 for a, b in pairs if owner[a] and owner[b] and owner[a] != owner[b])
+    return kept, len(pairs)
+
+
+def random_instances(seed, shape=(9, 11), k=6, fill=0.6):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, k + 1, shape)
+    return np.where(rng.random(shape) < fill, ids, 0).astype(np.int32)
+
+
+def test_touching_pairs_hand_examples():
+    row = np.array([[1, 2, 0, 3]])
+    assert touching_pairs(row).tolist() == [[1, 2]]  # 3 is one pixel away
+    assert touching_pairs(row, gap=1).tolist() == [[1, 2], [2, 3]]
+    assert touching_pairs(np.array([[1, 0, 2, 0, 0, 1]]), gap=5).tolist() == [[1, 2]]  # blocked
+    assert count_touching_pairs(np.array([[1, 1], [2, 2]])) == 1  # two contacts, one pair
+    assert count_touching_pairs(np.array([[1, 0], [0, 2]])) == 0  # a corner is not contact
+    assert count_touching_pairs(np.array([[1, 2], [3, 3]])) == 3
+    assert count_touching_pairs(np.array([[1, 0], [0, 2]]), gap=3) == 0  # rows/columns only
+    assert touching_pairs(np.zeros((3, 3), int)).shape == (0, 2)
+    assert touching_pairs(np.zeros((0, 4), int), gap=2).shape == (0, 2)
+    assert touching_pairs(torch.tensor([[4, 9]])).tolist() == [[4, 9]]
+    with pytest.raises(ValueError, match=re.escape("gap must be an integer >= 0, got -1")):
+        touching_pairs(row, gap=-1)
+    with pytest.raises(ValueError, match=re.escape("got shape (2, 2) dtype float64")):
+        touching_pairs(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("gap", [0, 1, 2, 4])
+def test_touching_pairs_match_brute_force(seed, gap):
+    instances = random_instances(seed, fill=[0.3, 0.6, 0.9][seed % 3])
+    assert touching_pairs(instances, gap=gap).tolist() == [
+        list(p) for p in brute_force_touching_pairs(instances, gap)
+    ]
+    assert count_touching_pairs(instances, gap=gap) == len(
+        brute_force_touching_pairs(instances, gap)
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_separate_touching_matches_brute_force(seed):
+    instances = random_instances(seed, shape=(12, 10), fill=0.8)
+    separated = separate_touching(instances)
+    np.testing.assert_array_equal(separated, brute_force_separate(instances))
+    assert separated.dtype == instances.dtype and separated is not instances
+    np.testing.assert_array_equal(contact_pixels(instances), (instances > 0) & (separated == 0))
+    assert count_touching_pairs(separated) == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_separated_cells_are_found_again_two_pixels_apart(seed):
+    _, cells = touching_cells((96, 96), radius=(6, 10), rng=seed)
+    touching = {tuple(p) for p in touching_pairs(cells).tolist()}
+    assert touching  # the generator makes touching cells
+    found = {tuple(p) for p in touching_pairs(separate_touching(cells), gap=2).tolist()}
+    assert touching <= found
+    kept, pairs = touching_pairs_separated(separate_touching(cells), cells)
+    assert kept == pairs == len(found)  # the unseparated labels keep every pair apart
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_touching_pairs_separated_matches_brute_force(seed):
+    gt = random_instances(seed, shape=(14, 13), k=8, fill=0.85)
+    pred = np.where(gt > 0, gt % 3 + (seed % 2), 0)  # merges objects with equal id mod 3
+    pred[np.random.default_rng(seed).random(gt.shape) < 0.2] = 0
+    for gap in (0, 2):
+        got = touching_pairs_separated(gt, pred, gap=gap)
+        assert got == brute_force_kept_apart(gt, pred, gap)
+    assert touching_pairs_separated(gt, gt) == (len(touching_pairs(gt, gap=2)),) * 2
+    assert touching_pairs_separated(gt, np.zeros_like(gt))[0] == 0
+    with pytest.raises(ValueError, match=re.escape("gt and pred must have the same shape")):
+        touching_pairs_separated(gt, gt[:-1])

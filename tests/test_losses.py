@@ -12,59 +12,18 @@ from torch.nn import functional as F
 
 from pixelwise.losses import (
     SegmentationLoss,
-    WeightMapCache,
     soft_dice_loss,
     weight_map,
     weighted_cross_entropy,
 )
-
-
-def weight_map_bruteforce(
-    instances: np.ndarray,
-    *,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_weights: str | list[float] | None = "balanced",
-    classes: np.ndarray | None = None,
-) -> np.ndarray:
-    """Reference weight map: one full-image EDT per object, then the two smallest per pixel.
-
-    Also used by benchmarks/losses_augment.py as the baseline.
-    """
-    class_map = (instances > 0).astype(np.int64) if classes is None else classes
-    if class_weights is None:
-        wc = np.ones(instances.shape)
-    elif class_weights == "balanced":
-        wc = np.zeros(instances.shape)
-        present = np.unique(class_map)
-        for c in present:
-            where = class_map == c
-            wc[where] = class_map.size / (len(present) * where.sum())
-    else:
-        wc = np.asarray(class_weights, np.float64)[class_map]
-    labels = np.unique(instances)
-    labels = labels[labels > 0]
-    if len(labels) < 2:
-        return wc.astype(np.float32)
-    d1 = np.full(instances.shape, np.inf)
-    d2 = np.full(instances.shape, np.inf)
-    for k in labels:
-        d = ndi.distance_transform_edt(instances != k)
-        d2 = np.minimum(d2, np.maximum(d1, d))
-        d1 = np.minimum(d1, d)
-    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2)) * (instances == 0)
-    return (wc + border).astype(np.float32)
+from references import voronoi_cells, weight_map_bruteforce
 
 
 def random_instances(rng: np.random.Generator, shape=(64, 80), n=12, gaps=True) -> np.ndarray:
     """Voronoi cells of `n` random seeds (touching), some gaps and dropped cells."""
-    seeds = np.zeros(shape, bool)
-    rows, cols = rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)
-    seeds[rows, cols] = True
-    labels = np.zeros(shape, np.int64)
-    labels[rows, cols] = rng.permutation(np.arange(1, n + 1)) * 7  # non-contiguous labels
-    _, (iy, ix) = ndi.distance_transform_edt(~seeds, return_indices=True)
-    labels = labels[iy, ix]
+    labels = voronoi_cells(shape, n, rng).astype(np.int64)  # (H, W) ids 1..n
+    ids = np.concatenate([[0], rng.permutation(np.arange(1, n + 1)) * 7])
+    labels = ids[labels]  # non-contiguous labels
     if gaps:
         edge = ndi.grey_dilation(labels, 3) != ndi.grey_erosion(labels, 3)
         labels[edge & (rng.random(shape) < 0.5)] = 0
@@ -196,32 +155,6 @@ def test_weight_map_rejects_bad_input(kwargs, message):
     arguments = {"instances": np.zeros((4, 4), np.int32), **kwargs}
     with pytest.raises(ValueError, match=message):
         weight_map(**arguments)
-
-
-def test_weight_map_cache_memory_and_disk(tmp_path, monkeypatch):
-    instances = two_squares()
-    cache = WeightMapCache(tmp_path / "w", w0=10.0, sigma=5.0)
-    first = cache("image-1", instances)
-    np.testing.assert_array_equal(first, weight_map(instances))
-    files = list((tmp_path / "w").glob("*.npy"))
-    assert len(files) == 1
-    assert not list((tmp_path / "w").glob("*.tmp"))
-    first[:] = 0  # the caller's copy; the cache is unaffected
-
-    def fail(*args, **kwargs):
-        raise AssertionError("weight_map recomputed although cached")
-
-    monkeypatch.setattr("pixelwise.losses.weight_map", fail)
-    np.testing.assert_allclose(
-        cache("image-1", instances), weight_map_bruteforce(instances), atol=1e-5
-    )
-    fresh = WeightMapCache(tmp_path / "w", w0=10.0, sigma=5.0)  # new process: reads the file
-    np.testing.assert_allclose(
-        fresh("image-1", instances), weight_map_bruteforce(instances), atol=1e-5
-    )
-    other = WeightMapCache(tmp_path / "w", w0=5.0, sigma=5.0)  # other params: other key
-    with pytest.raises(AssertionError, match="recomputed"):
-        other("image-1", instances)
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_confusion_matrix_ignore_index_and_torch():
 
 
 def test_confusion_matrix_chunk_boundaries(monkeypatch):
-    monkeypatch.setattr(metrics, "_CHUNK", 7)  # many chunks, the last one partial
+    monkeypatch.setattr(metrics.semantic, "_CHUNK", 7)  # many chunks, the last one partial
     rng = np.random.default_rng(2)
     target = rng.integers(0, 4, size=(9, 10))
     target[rng.random(target.shape) < 0.3] = 9
@@ -167,6 +167,25 @@ def test_segmentation_scores_hand_example():
     assert got["pixel_accuracy"] == 0.75
     assert got["fw_iou"] == 0.75
     assert got["per_class_dice"] == [6 / 7, 0.0]
+
+
+def test_ignored_class_inside_the_range_is_left_out_of_every_mean():
+    # issue 14: class 0 is ignored; pixels predicted as 0 are still errors of classes 1 and 2
+    target = np.array([[0, 0, 1, 1, 2, 2]])
+    pred = np.array([[1, 2, 0, 1, 2, 2]])
+    cm = confusion_matrix(pred, target, 3, ignore_index=0)
+    assert segmentation_scores(cm)["mean_iou"] == 0.5  # without being told, class 0 scores 0
+    got = segmentation_scores(cm, ignore_index=0)
+    assert got["mean_iou"] == 0.75  # (1/2 + 1) / 2
+    assert math.isnan(got["per_class_iou"][0]) and got["per_class_iou"][1:] == [0.5, 1.0]
+    assert math.isnan(got["per_class_dice"][0]) and math.isnan(got["per_class_accuracy"][0])
+    assert got["mean_accuracy"] == 0.75 and got["pixel_accuracy"] == 0.75
+    assert got["fw_iou"] == 0.75 and got["num_pixels"] == 4
+    acc = ConfusionMatrix(3, ignore_index=0)
+    acc.update(pred, target)
+    np.testing.assert_equal(acc.scores(), got)  # NaN-aware
+    # an ignore_index outside [0, K) changes nothing
+    np.testing.assert_equal(segmentation_scores(cm, ignore_index=255), segmentation_scores(cm))
 
 
 def test_segmentation_scores_empty_and_invalid():
@@ -270,13 +289,13 @@ def test_rand_error_sweeps_probability_thresholds():
 def yokoi_simple(code):
     """Independent test: Yokoi's 4-connectivity number N_c4 == 1 (neighbours from the east,
     counter-clockwise)."""
-    ring = [(code >> bit) & 1 for bit in range(8)]  # metrics._RING order: NW N NE E SE S SW W
+    ring = [(code >> bit) & 1 for bit in range(8)]  # metrics.isbi._RING order: NW N NE E SE S SW W
     x = [ring[i] for i in (3, 2, 1, 0, 7, 6, 5, 4)]  # E NE N NW W SW S SE
     return sum(x[k] - x[k] * x[(k + 1) % 8] * x[(k + 2) % 8] for k in (0, 2, 4, 6)) == 1
 
 
 def test_simple_point_table_matches_yokoi():
-    lut = metrics._simple_lut()
+    lut = metrics.isbi._simple_lut()
     assert lut.shape == (256,)
     assert [bool(v) for v in lut] == [yokoi_simple(c) for c in range(256)]
     assert not lut[0]  # isolated pixel

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelwise.report import confusion_matrix_png, overlay, palette, thumbnail_png, write_report
+from pixelwise.data import voc_palette as palette
+from pixelwise.report import (
+    _curves_figure,
+    confusion_matrix_png,
+    overlay,
+    plot_curves,
+    thumbnail_png,
+    write_report,
+)
 
 DATA_PNG = "data:image/png;base64,"
 
@@ -77,6 +85,49 @@ def test_confusion_matrix_png(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]
     with pytest.raises(ValueError, match=r"K = len\(class_names\) = 2, got shape \(3, 3\)"):
         confusion_matrix_png(cm, ["bg", "cell"], tmp_path / "x.png")
+
+
+def test_plot_curves_reads_csv_strings_and_skips_missing(tmp_path):
+    # rows as train.history holds them (floats) and as log.csv gives them back (strings, "")
+    floats = [
+        {"step": 1, "train_loss": 0.9},
+        {"step": 2, "train_loss": 0.5, "val_loss": 0.6, "val_mean_iou": 0.4, "val_dice": 0.5},
+    ]
+    strings = [
+        {"step": "1", "train_loss": "0.8", "val_loss": "", "val_mean_iou": "", "val_dice": ""},
+        {"step": "2", "train_loss": "0.4", "val_loss": "0.7", "val_mean_iou": "0.3"},
+    ]
+    fig = _curves_figure({"a": floats, "b": strings})
+    losses, scores = fig.axes[:2]
+    curves = {line.get_label(): line for ax in (losses, scores) for line in ax.lines}
+    assert sorted(curves) == [
+        "a: Dice",
+        "a: mean IoU",
+        "a: training loss",
+        "a: validation loss",
+        "b: mean IoU",
+        "b: training loss",
+        "b: validation loss",
+    ]
+    assert list(curves["b: training loss"].get_xdata()) == [1, 2]
+    assert list(curves["b: training loss"].get_ydata()) == [0.8, 0.4]
+    assert list(curves["b: validation loss"].get_xdata()) == [2]
+    assert losses.get_yscale() == "log" and scores.get_ylim() == (0.0, 1.0)
+    # one unnamed run: plain labels; a run without validation rows draws no score curves
+    single = _curves_figure({"": [{"step": 1, "train_loss": 1.0}]})
+    assert [line.get_label() for line in single.axes[0].lines] == ["training loss"]
+    assert not single.axes[1].lines
+
+    old = os.umask(0o022)
+    try:
+        path = plot_curves({"a": floats, "b": strings}, tmp_path / "curves.png")
+    finally:
+        os.umask(old)
+    assert path == tmp_path / "curves.png"
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size == (1000, 360)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
 
 
 def make_rows(n=5):

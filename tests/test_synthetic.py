@@ -14,9 +14,11 @@ from PIL import Image
 from scipy import ndimage
 
 from pixelwise import synthetic
-from pixelwise.data import decode_mask, open_dataset, read_image, validate
+from pixelwise.data import decode_mask, open_dataset, read_image, survey_dataset
+from pixelwise.instances import separate_touching
 from pixelwise.synthetic import (
     count_touching_pairs,
+    to_uint8,
     touching_cells,
     touching_cells_dataset,
     write_dataset,
@@ -335,9 +337,24 @@ def test_write_dataset_layout_and_round_trip(tmp_path: Path) -> None:
         assert decoded.instances is not None
         np.testing.assert_array_equal(decoded.instances, instances)
         np.testing.assert_array_equal(decoded.mask, instances > 0)
-    report = validate(index)
+    report = survey_dataset(index)
     assert report.ok, report.format()
     assert report.encoding.num_classes == 2
+
+
+def test_write_dataset_separate_draws_background_lines(tmp_path: Path) -> None:
+    plain = write_dataset(tmp_path / "plain", 2, (64, 64), seed=1)
+    lined = write_dataset(tmp_path / "lined", 2, (64, 64), seed=1, separate=True)
+    for index, (image, instances) in enumerate(touching_cells_dataset(2, (64, 64), seed=1)):
+        name = f"cell_{index:03d}"
+        mask = tifffile.imread(lined / "masks" / f"{name}.tif")
+        np.testing.assert_array_equal(mask, separate_touching(instances))
+        assert count_touching_pairs(instances) > 0 and count_touching_pairs(mask) == 0
+        np.testing.assert_array_equal(read_image(lined / "images" / f"{name}.png"), to_uint8(image))
+        np.testing.assert_array_equal(
+            read_image(lined / "images" / f"{name}.png"),
+            read_image(plain / "images" / f"{name}.png"),
+        )
 
 
 def test_write_dataset_rerun_overwrites_and_refuses_foreign_files(tmp_path: Path) -> None:

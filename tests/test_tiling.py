@@ -1,5 +1,6 @@
 """Overlap-tile inference: tiled == whole-image, tile plans, mirror index maps, outputs, errors."""
 
+import dataclasses
 import functools
 import itertools
 
@@ -14,9 +15,10 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
-from pixelwise.models import FCN, UNet
+from pixelwise.models import FCN, Geometry, UNet
 from pixelwise.tiling import (
     PAD_MODES,
+    PredictOptions,
     activation_bytes_per_pixel,
     choose_tile_size,
     plan_axis,
@@ -66,14 +68,11 @@ def _whole(model: nn.Module, image: np.ndarray, mode: str = "reflect") -> np.nda
         return model(x).softmax(1)[0, :, :h, :w].numpy()
 
 
-class BoxFilter(nn.Module):
-    """Valid-padding toy: the mean of each (2k+1)² window; margin k, stride 1, one class."""
+class _StrideOneGeometry(nn.Module):
+    """The geometry API of a toy network without pooling: stride 1, every size > 2·margin."""
 
     stride = 1
-
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.margin = self.receptive_radius = k
+    margin = receptive_radius = 0
 
     def output_size(self, n: int) -> int:
         return n - 2 * self.margin
@@ -84,16 +83,22 @@ class BoxFilter(nn.Module):
     def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
         return list(range(max(lo, 2 * self.margin + 1), hi + 1))
 
+
+class BoxFilter(_StrideOneGeometry):
+    """Valid-padding toy: the mean of each (2k+1)² window; margin k, stride 1, one class."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.margin = self.receptive_radius = k
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(x, 2 * self.margin + 1, stride=1)
 
 
-class SymmetricNet(nn.Module):
+class SymmetricNet(_StrideOneGeometry):
     """D4-equivariant toy: two 3×3 convolutions whose kernels are symmetric under flips and
     transposition ([[a, b, a], [b, c, b], [a, b, a]]); "same" (zero padding, margin 0) or
     "valid" (margin 2). Stride 1."""
-
-    stride = 1
 
     def __init__(self, padding: str) -> None:
         super().__init__()
@@ -108,15 +113,6 @@ class SymmetricNet(nn.Module):
         """(3 values a, b, c, O, I) → (O, I, 3, 3) kernels [[a, b, a], [b, c, b], [a, b, a]]."""
         a, b, c = abc
         return torch.stack([a, b, a, b, c, b, a, b, a], dim=-1).reshape(*a.shape, 3, 3)
-
-    def output_size(self, n: int) -> int:
-        return n - 2 * self.margin
-
-    def input_size(self, m: int) -> int:
-        return m + 2 * self.margin
-
-    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
-        return list(range(max(lo, 2 * self.margin + 1), hi + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.tanh(F.conv2d(x, self.w1, padding=self.pad))
@@ -498,7 +494,7 @@ def test_choose_tile_size_not_larger_than_needed():
         ({"tile_size": (572, 0)}, "tile_size must be a positive integer or a (height, width) pair"),
         ({"halo": 16}, "halo applies to same-padding models; this model has margin 92"),
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-        ({"memory_budget_mb": 0}, "memory_budget_mb must be > 0, got 0"),
+        ({"memory_budget_mb": 0}, "memory_budget_mb must be a finite number > 0, got 0"),
         ({"out": np.zeros((2, 10, 10), np.float32)}, "out must be a floating (K, 1000, 30) array"),
         ({"out": np.zeros((1000, 30)), "output": "labels"}, "out must be an integer (1000, 30)"),
     ],
@@ -522,3 +518,63 @@ def test_bad_images_and_out_classes():
         predict(
             _unet(2, classes=300), np.zeros((8, 8)), output="labels", out=np.zeros((8, 8), "u1")
         )
+
+
+# --------------------------------------------------------------------------------------------
+# The options object
+# --------------------------------------------------------------------------------------------
+
+
+def test_options_object_and_keywords_give_the_same_result():
+    model = _unet(3)
+    image = _image(50, 61)
+    options = PredictOptions(tile_size=60, batch_size=2, pad_mode="replicate")
+    by_keywords = predict(model, image, tile_size=60, batch_size=2, pad_mode="replicate")
+    np.testing.assert_array_equal(predict(model, image, options), by_keywords)
+    # keywords override the object's fields; the object itself is unchanged (frozen)
+    overridden = predict(model, image, options, pad_mode="reflect", output="labels")
+    reference = predict(model, image, tile_size=60, batch_size=2, output="labels")
+    np.testing.assert_array_equal(overridden, reference)
+    assert options.pad_mode == "replicate"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.tile_size = 44  # type: ignore[misc]
+
+
+def test_options_are_keyword_only_and_normalised():
+    with pytest.raises(TypeError):
+        PredictOptions(60)  # type: ignore[misc]
+    assert PredictOptions(tile_size=[60, np.int64(44)]).tile_size == (60, 44)
+    assert PredictOptions.build(None, tile_size=60) == PredictOptions(tile_size=60)
+    with pytest.raises(TypeError, match=r"unknown prediction option\(s\) 'tile'; the options are"):
+        PredictOptions.build(None, tile=60)
+    with pytest.raises(TypeError, match="unknown prediction option"):
+        predict(_unet(3), _image(8, 8), batch=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"memory_budget_mb": float("inf")}, "memory_budget_mb must be a finite number > 0"),
+        ({"memory_budget_mb": "1G"}, "memory_budget_mb must be a finite number > 0, got '1G'"),
+        ({"halo": -1}, "halo must be an integer >= 0, got -1; or None for the default"),
+        ({"channels_last": 1}, "channels_last must be True, False or None (on for CPUs"),
+        ({"progress": None}, "progress must be True or False, got None"),
+        ({"device": "gpu"}, "device must be None, a torch.device or a device string such as"),
+        ({"batch_size": 1.5}, "batch_size must be a positive integer, got 1.5"),
+    ],
+)
+def test_bad_options(kwargs, fragment):
+    with pytest.raises(ValueError) as info:
+        PredictOptions(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_check_model_needs_the_geometry_api():
+    options = PredictOptions()
+    for model in (BoxFilter(1), SymmetricNet("same"), _unet(3), FCN("32s", width=1 / 16)):
+        assert isinstance(model, Geometry)
+        options.check_model(model)
+    with pytest.raises(TypeError, match=r"Conv2d lacks the geometry API .*missing: margin"):
+        options.check_model(nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match="tile_size 61 is not a valid input size"):
+        PredictOptions(tile_size=(60, 61)).check_model(_unet(3))

@@ -1,5 +1,6 @@
 """Training: exact resume, DDP equivalence, patches, configuration, logs."""
 
+import itertools
 import os
 import socket
 import subprocess
@@ -142,16 +143,16 @@ def test_time_budget_ends_the_run_validated_and_checkpointed(blobs, tmp_path):
     assert result.history[-1]["step"] == result.step  # validated at the last step
     assert (result.out / "best.safetensors").exists()
     with pytest.raises(ValueError, match="max_minutes must be > 0"):
-        TrainConfig(data="x", max_minutes=0).validate()
+        TrainConfig(data="x", max_minutes=0).check()
 
 
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown option\\(s\\) \\['epochs'\\]"):
         TrainConfig.from_dict({"data": "x", "epochs": 3})
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        TrainConfig(data="x", optimizer="lbfgs").validate()
+        TrainConfig(data="x", optimizer="lbfgs").check()
     with pytest.raises(ValueError, match="data is required"):
-        TrainConfig().validate()
+        TrainConfig().check()
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="a config must be a mapping"):
@@ -195,12 +196,14 @@ def test_ddp_two_ranks_batch_1_equals_one_process_batch_2(blobs, tmp_path):
         torch.testing.assert_close(runs[2][k], runs[1][k], rtol=1e-5, atol=1e-6)
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(blobs, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_a_resumable_checkpoint(blobs, tmp_path, signame):
+    """Ctrl-C, and SIGTERM (what cluster schedulers send), save the last checkpoint and stop."""
     import signal
 
     out = tmp_path / "sigint"
     cfg = _cfg(blobs, out, steps=50, val_every=100)
-    # Deterministic Ctrl-C: the 5th optimiser step sends SIGINT to the process itself.
+    # Deterministic Ctrl-C: the 5th optimiser step sends the signal to the process itself.
     script = (
         "import os, signal, sys, torch\n"
         "from pixelwise.train import TrainConfig, train\n"
@@ -208,11 +211,14 @@ def test_ctrl_c_saves_a_resumable_checkpoint(blobs, tmp_path):
         "def interrupting_step(self, *a, **k):\n"
         "    calls.append(1)\n"
         "    if len(calls) == 5:\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        f"        os.kill(os.getpid(), signal.{signame})\n"
         "    return step(self, *a, **k)\n"
         "torch.optim.SGD.step = interrupting_step\n"
         f"cfg = TrainConfig.from_yaml({str(tmp_path / 'c.yaml')!r})\n"
         "r = train(cfg, progress=False)\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+        f"assert r.signal == signal.{signame}\n"
         "sys.exit(130 if r.interrupted else 0)\n"
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.__dict__))
@@ -242,3 +248,64 @@ def test_fcn16s_initialised_from_fcn32s_as_the_paper_stages(tmp_path):
 
     with pytest.raises(ValueError, match="no parameter matches UNet by name and shape"):
         initialize_from(UNet(base_channels=2, depth=2), tmp_path / "32s.safetensors")
+
+
+def test_time_budget_anneals_the_schedule_over_the_steps_it_allows(blobs, tmp_path, monkeypatch):
+    """`--steps 4000 --max-minutes` stops early; the cosine must end there, its rate near 0.
+
+    A fake clock advanced one second per optimiser step: the 30 s budget allows 30 steps.
+    """
+    import pixelwise.train.state
+
+    now = [0.0]
+    monkeypatch.setattr(pixelwise.train.state, "clock", lambda: now[0])
+    lrs, sgd_step = [], torch.optim.SGD.step
+
+    def one_second_step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        now[0] += 1.0
+        return sgd_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", one_second_step)
+    cfg = _cfg(blobs, tmp_path / "timed", steps=4000, val_every=4000, schedule="cosine",
+               max_minutes=0.5)  # fmt: skip
+    result = train(cfg, progress=False, log=lambda _: None)
+    assert result.step == len(lrs) == 30 and not result.interrupted
+    assert lrs[0] == cfg.lr
+    assert lrs[15] == pytest.approx(cfg.lr * 0.5)  # 15 of 30 s spent: half-way down the cosine
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] < 0.01 * cfg.lr  # annealed to ~0 at the end of the budget
+    assert result.history[-1]["lr"] == lrs[-1] and result.history[-1]["step"] == 30
+
+
+def test_progress_lines_every_log_every_steps_off_a_terminal(blobs, tmp_path, monkeypatch):
+    import pixelwise.train.logs as logs
+
+    monkeypatch.setattr(logs.os, "isatty", lambda fd: False)  # as in a cluster job's log
+    messages = []
+    cfg = _cfg(blobs, tmp_path / "lines", steps=6, log_every=2)
+    train(cfg, progress=True, log=messages.append)
+    lines = [m for m in messages if "img/s" in m]
+    assert [m.split(" | ")[0] for m in lines] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert all(" | loss " in m and " | lr " in m for m in lines)
+    quiet = []
+    train(_cfg(blobs, tmp_path / "quiet", steps=2), progress=False, log=quiet.append)
+    assert not [m for m in quiet if "img/s" in m]
+    with pytest.raises(ValueError, match="log_every must be >= 1, got 0"):
+        TrainConfig(data="x", log_every=0).check()
+
+
+def test_every_option_has_its_help_in_the_config_and_the_cli_shows_it(capsys):
+    from dataclasses import fields
+
+    from pixelwise.cli import main
+    from pixelwise.train import option_help
+
+    helps = option_help()
+    assert set(helps) == {f.name for f in fields(TrainConfig)} and all(helps.values())
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = "".join(capsys.readouterr().out.split())  # without argparse's line wrapping
+    for name in ("patch_size", "max_minutes", "log_every", "weighted"):
+        assert "".join(helps[name].split()) in shown
+    assert "(default:128)" in shown and "--no-augment" in shown

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pixelwise.models import UNet, UNetGeometry
+from pixelwise.models import Geometry, UNet, UNetGeometry
 
 
 def _n_params(model: nn.Module) -> int:
@@ -151,3 +151,11 @@ def test_wrong_channel_count_is_reported():
     net = UNet(base_channels=2)
     with pytest.raises(ValueError, match=r"built for 1 input channels, got 3"):
         net(torch.zeros(1, 3, 572, 572))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_unet_and_its_geometry_satisfy_the_geometry_protocol(padding, tiny_unet):
+    net = tiny_unet(padding=padding)
+    assert isinstance(net, Geometry)
+    assert isinstance(net.geometry, Geometry)  # UNetGeometry: the arithmetic alone
+    assert not isinstance(nn.Conv2d(1, 1, 3), Geometry)

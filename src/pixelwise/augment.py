@@ -6,8 +6,8 @@ computes per-pixel displacements by bicubic interpolation. Shifts, rotations and
 variations complete the augmentation.
 
 Every geometric part (flips, rotation, shift, elastic field, output crop) is composed into ONE
-source-coordinate map per sample (`Geometry.coordinates`), and each array is resampled once with
-`torch.nn.functional.grid_sample`: single-threaded it is several times faster than
+source-coordinate map per sample (`SpatialTransform.coordinates`), and each array is resampled
+once with `torch.nn.functional.grid_sample`: single-threaded it is several times faster than
 `scipy.ndimage.map_coordinates`, which alone misses the 20 ms budget for resampling a 512 × 512
 image, mask and weight map (see benchmarks/losses_augment.py). Image, mask and weight map share
 the map, so they stay aligned:
@@ -20,6 +20,9 @@ the map, so they stay aligned:
 Outside the image all three are mirrored about the border pixels (scipy's mode "mirror",
 numpy's pad mode "reflect"), as the paper's overlap-tile strategy mirrors. Gray-value variation
 (gamma, contrast, brightness) touches the image only.
+
+This module owns the per-sample random transforms of training images; it knows nothing of
+networks (the size arithmetic of models is `pixelwise.models.Geometry`, a different thing).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 from scipy import ndimage as ndi
 from torch.nn import functional as F
 
-__all__ = ["Augment", "Geometry", "adjust_gray", "elastic_field", "warp"]
+__all__ = ["Augment", "SpatialTransform", "adjust_gray", "elastic_field", "warp"]
 
 IMAGE_ORDERS = {1: "bilinear", 3: "bicubic"}
 # float32 holds every integer of magnitude ≤ 2^24 exactly: masks are resampled as float32.
@@ -92,12 +95,12 @@ def _check_elastic(grid: int, sigma: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Geometry: one coordinate map, one resampling per array
+# Spatial transform: one coordinate map, one resampling per array
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Geometry:
+class SpatialTransform:
     """A composed geometric transform: output pixel → source coordinate in the input.
 
     For an output pixel p = (row, col) in the input frame (the output window starts at `origin`),
@@ -138,7 +141,7 @@ class Geometry:
     def coordinates(self, shape: tuple[int, int]) -> np.ndarray:
         """(2, h, w) float32 source coordinates (rows, cols) for an input of shape (H, W).
 
-        `scipy.ndimage.map_coordinates(image, geometry.coordinates(image.shape), mode="mirror")`
+        `scipy.ndimage.map_coordinates(image, transform.coordinates(image.shape), mode="mirror")`
         applies the transform; `warp` does the same faster.
         """
         height, width = self.output_shape(shape)
@@ -190,17 +193,17 @@ def _sample(stack: np.ndarray, grid: torch.Tensor, mode: str) -> np.ndarray:
 
 
 def warp(
-    geometry: Geometry,
+    transform: SpatialTransform,
     image: np.ndarray,
     mask: np.ndarray | None = None,
     weight: np.ndarray | None = None,
     *,
     image_order: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Apply one `Geometry` to an image and, identically, to its mask and weight map.
+    """Apply one `SpatialTransform` to an image and, identically, to its mask and weight map.
 
     Args:
-        geometry: the transform.
+        transform: the transform.
         image: (C, H, W) or (H, W) floating-point image.
         mask: (H, W) integer labels (|label| < 2^24) or None; resampled by nearest neighbour.
         weight: (H, W) weight map or None; resampled bilinearly.
@@ -208,18 +211,14 @@ def warp(
 
     Returns:
         (image float32 with the input's layout, mask with its dtype, weight float32) at the
-        geometry's output size; None stays None. A geometry that only crops and flips copies
+        transform's output size; None stays None. A transform that only crops and flips copies
         pixels exactly, without interpolation.
     """
     image, mask, weight = _check_arrays(image, mask, weight)
-    if image_order not in IMAGE_ORDERS:
-        raise ValueError(
-            f"image_order must be one of {tuple(IMAGE_ORDERS)}, got {image_order!r}; "
-            "pass 1 (bilinear) or 3 (bicubic)"
-        )
+    _check_image_order(image_order)
     shape = image.shape[-2:]
-    out_shape = geometry.output_shape(shape)
-    origin = geometry.origin
+    out_shape = transform.output_shape(shape)
+    origin = transform.origin
     if (
         min(origin) < 0
         or origin[0] + out_shape[0] > shape[0]
@@ -227,11 +226,11 @@ def warp(
     ):
         raise ValueError(
             f"the output window at origin {origin} of size {out_shape} must lie inside the "
-            f"image (H, W) = {shape}; pass a smaller Geometry.size or origin"
+            f"image (H, W) = {shape}; pass a smaller SpatialTransform.size or origin"
         )
-    if geometry.is_grid_aligned():
-        window = _window(geometry.origin, out_shape)
-        flip_axes = tuple(axis for axis, flip in zip((-2, -1), geometry.flip, strict=True) if flip)
+    if transform.is_grid_aligned():
+        window = _window(transform.origin, out_shape)
+        flip_axes = tuple(axis for axis, flip in zip((-2, -1), transform.flip, strict=True) if flip)
 
         def exact(array: np.ndarray | None) -> np.ndarray | None:
             if array is None:
@@ -240,7 +239,7 @@ def warp(
 
         return exact(image.astype(np.float32, copy=False)), exact(mask), exact(weight)
 
-    grid = _normalized_grid(geometry.coordinates(shape), shape)
+    grid = _normalized_grid(transform.coordinates(shape), shape)
     planes = image.reshape(-1, *shape).astype(np.float32, copy=False)
     out_weight = None
     if image_order == 1 and weight is not None:  # one bilinear call for image and weight
@@ -255,6 +254,14 @@ def warp(
         labels = _sample(mask[None].astype(np.float32), grid, "nearest")[0]
         out_mask = labels.astype(mask.dtype)
     return out_image.reshape(*image.shape[:-2], *out_shape), out_mask, out_weight
+
+
+def _check_image_order(image_order: int) -> None:
+    if image_order not in IMAGE_ORDERS:
+        raise ValueError(
+            f"image_order must be one of {tuple(IMAGE_ORDERS)}, got {image_order!r}; "
+            "pass 1 (bilinear) or 3 (bicubic)"
+        )
 
 
 def _check_arrays(
@@ -343,7 +350,7 @@ def adjust_gray(
 class Augment:
     """Random U-Net augmentation applied identically to image, mask and weight map.
 
-    One call draws a `Geometry` (flips, rotation, shift, elastic field, crop) and gray-value
+    One call draws a `SpatialTransform` (flips, rotation, shift, elastic field, crop) and gray-value
     parameters from `rng`, then resamples each array once (`warp`). The same generator state
     gives the same output.
 
@@ -384,11 +391,7 @@ class Augment:
         _check_range("rotation", rotation, 0.0, 180.0, "a maximum angle in degrees")
         _check_range("shift", shift, 0.0, math.inf, "a maximum shift in pixels")
         _check_range("gray", gray, 0.0, 0.99, "a strength like 0.1")
-        if image_order not in IMAGE_ORDERS:
-            raise ValueError(
-                f"image_order must be one of {tuple(IMAGE_ORDERS)}, got {image_order!r}; "
-                "pass 1 (bilinear) or 3 (bicubic)"
-            )
+        _check_image_order(image_order)
         if out_size is not None and not (
             len(out_size) == 2 and all(isinstance(n, int) and n >= 2 for n in out_size)
         ):
@@ -406,7 +409,9 @@ class Augment:
         self.image_order = image_order
         self.out_size = None if out_size is None else (int(out_size[0]), int(out_size[1]))
 
-    def sample_geometry(self, shape: tuple[int, int], rng: np.random.Generator) -> Geometry:
+    def sample_transform(
+        self, shape: tuple[int, int], rng: np.random.Generator
+    ) -> SpatialTransform:
         """Draw the random geometric transform for an input of (H, W) = `shape`."""
         flip = tuple(bool(f) for f in rng.random(2) < 0.5) if self.flip else (False, False)
         angle = float(rng.uniform(-self.rotation, self.rotation)) if self.rotation else 0.0
@@ -428,7 +433,7 @@ class Augment:
                 int(rng.integers(0, shape[1] - self.out_size[1] + 1)),
             )
             size = self.out_size
-        return Geometry(
+        return SpatialTransform(
             angle=angle,
             shift=(float(shift[0]), float(shift[1])),
             flip=(flip[0], flip[1]),
@@ -446,9 +451,9 @@ class Augment:
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         shape = np.shape(image)[-2:]
-        geometry = self.sample_geometry((int(shape[0]), int(shape[1])), rng)
+        transform = self.sample_transform((int(shape[0]), int(shape[1])), rng)
         out_image, out_mask, out_weight = warp(
-            geometry, image, mask, weight, image_order=self.image_order
+            transform, image, mask, weight, image_order=self.image_order
         )
         if self.gray > 0:
             gamma, contrast, brightness = rng.uniform(-self.gray, self.gray, 3)

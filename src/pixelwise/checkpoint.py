@@ -3,14 +3,14 @@
 The metadata (stored under the safetensors header key "pixelwise") records the registry name and
 constructor arguments, so `load` rebuilds the model with no other input, plus whatever the caller
 adds: class names, input normalisation, training state. Extra tensors (an optimizer's state, for
-resuming) live in the same file under the prefix "extra/".
+resuming) live in the same file under the prefix "extra/". Files are written with
+:mod:`pixelwise.atomic` (temporary file + rename, normal permissions).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,35 +18,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pixelwise.atomic import atomic_write
 from pixelwise.models import build, model_config
 
 FORMAT = "pixelwise-checkpoint"
 VERSION = 1
 _EXTRA = "extra/"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read as a pixelwise checkpoint."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it over `path`.
-
-    A crash leaves either the old file or the new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(

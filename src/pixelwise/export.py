@@ -27,15 +27,24 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from pixelwise.checkpoint import atomic_write, load_state
-from pixelwise.models import UNet, model_config
+from pixelwise.atomic import atomic_write
+from pixelwise.checkpoint import load_state
+from pixelwise.checks import check_choice, check_positive_int
+from pixelwise.models import Geometry, UNet, model_config
+
+if TYPE_CHECKING:  # onnx is an optional dependency, imported where it is used
+    import onnx
+
+Exporter = Callable[[nn.Module, torch.Tensor, str, int], None]
+"""Writes (model, example input, path, opset) to an ONNX file."""
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -47,21 +56,21 @@ class ExportError(RuntimeError):
     """No exporter produced an ONNX model that matches PyTorch at two input sizes."""
 
 
-def default_example_size(model: nn.Module) -> int:
+def default_example_size(model: Geometry) -> int:
     """Smallest valid input side that gives an output of at least 2·stride pixels.
 
     Worked example (paper U-Net, margin 92, stride 16): the search starts at 2·92 + 2·16 = 216;
     the first valid size from there is 220, whose output is 220 − 184 = 36 pixels. For FCN
     (margin 0, stride 32) it is 64.
     """
-    margin, stride = int(getattr(model, "margin", 0)), int(getattr(model, "stride", 1))
+    margin, stride = int(model.margin), int(model.stride)
     lo = 2 * margin + 2 * stride
     return model.valid_input_sizes(lo, lo + 8 * stride + 8)[0]
 
 
-def _second_size(model: nn.Module, n: int) -> int:
+def _second_size(model: Geometry, n: int) -> int:
     """A valid input side different from `n` (the next valid one above it), for verification."""
-    stride = int(getattr(model, "stride", 1))
+    stride = int(model.stride)
     return model.valid_input_sizes(n + 1, n + 8 * stride + 8)[0]
 
 
@@ -112,13 +121,13 @@ def _resolve(checkpoint_or_model: str | os.PathLike | nn.Module) -> tuple[nn.Mod
 
 
 def _check_example_size(model: nn.Module, size: int | Sequence[int] | None) -> tuple[int, int]:
+    """(height, width) of the example input: `size`, checked, or `default_example_size`."""
     if size is None:
         n = default_example_size(model)
         return n, n
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     for side, what in ((h, "example height"), (w, "example width")):
-        if not isinstance(side, int) or side < 1:
-            raise ValueError(f"{what} must be a positive integer, got {side!r}")
+        check_positive_int(what, side)
         if not model.valid_input_sizes(side, side):
             geometry = getattr(model, "geometry", None)
             if geometry is not None:
@@ -198,7 +207,9 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: str, opse
         )
 
 
-def _export_with(method, model: nn.Module, example: torch.Tensor, opset: int):
+def _export_with(
+    method: Exporter, model: nn.Module, example: torch.Tensor, opset: int
+) -> onnx.ModelProto:
     """Run one exporter into a temporary folder; return the loaded `onnx.ModelProto`."""
     import onnx
 
@@ -210,7 +221,7 @@ def _export_with(method, model: nn.Module, example: torch.Tensor, opset: int):
     return proto
 
 
-def _name_dims(proto, margin: int) -> None:
+def _name_dims(proto: onnx.ModelProto, margin: int) -> None:
     """Name the symbolic axes of the graph's input and output the same way for every exporter.
 
     Input (batch, C, height, width); output (batch, K, height, width) when margin = 0, else
@@ -224,7 +235,7 @@ def _name_dims(proto, margin: int) -> None:
 
 
 def verify_onnx(
-    onnx_model,
+    onnx_model: onnx.ModelProto,
     model: nn.Module,
     sizes: Sequence[tuple[int, int, int]],
     *,
@@ -305,8 +316,7 @@ def export_onnx(
             "(onnx, onnxscript, and onnxruntime for the check against PyTorch)"
         ) from None
 
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    check_choice("exporter", exporter, EXPORTERS)
     model, meta = _resolve(checkpoint_or_model)
     h, w = _check_example_size(model, example_size)
     checks = [(2, h, w), (2, _second_size(model, h), _second_size(model, w))]
@@ -338,5 +348,5 @@ def export_onnx(
     for key, value in props.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
-    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
     return Path(path)

@@ -9,18 +9,17 @@ the nearest and the second-nearest cell. The border term pushes the network to l
 background gaps that separate touching cells (w0 = 10, σ ≈ 5 pixels in the paper).
 
 `weight_map` computes the map exactly to within 1e-4 but with bounded work per object (see
-`_border_cutoff`), `WeightMapCache` computes it once per image, and `weighted_cross_entropy`,
-`soft_dice_loss` and `SegmentationLoss` are the torch losses that consume it.
+`_border_cutoff`; benchmarks/references.py holds the one-distance-transform-per-object reference
+it is tested and timed against), and `weighted_cross_entropy`, `soft_dice_loss` and
+`SegmentationLoss` are the torch losses that consume it. Training computes the map once per
+image, before augmentation, and the dataset keeps it in memory (`SegmentationDataset`'s
+`weight_fn` and `cache_weights`); this module does no caching or file I/O.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +29,6 @@ from torch.nn import functional as F
 
 __all__ = [
     "SegmentationLoss",
-    "WeightMapCache",
     "soft_dice_loss",
     "weight_map",
     "weighted_cross_entropy",
@@ -241,70 +239,6 @@ def _border_term(instances: np.ndarray, *, w0: float, sigma: float) -> np.ndarra
     total = d1[near] + d2[near]
     term[near] = w0 * np.exp(-(total * total) / np.float32(2.0 * sigma * sigma))
     return term
-
-
-class WeightMapCache:
-    """Compute each image's weight map once; keep it in memory and optionally on disk.
-
-    The key is your image id (e.g. its file name); it is combined with the weight-map parameters,
-    so changing w0, sigma or class_weights never returns a stale map. On disk each map is one
-    ``<sha1>.npy`` file in `cache_dir`, written atomically (temporary file + `os.replace`), so
-    several DataLoader workers may share the directory. The in-memory dict is per process and
-    unbounded: one float32 map per image (4 MiB for 1024 × 1024).
-
-    Args:
-        cache_dir: directory for the .npy files (created if missing); None = memory only.
-        w0, sigma, class_weights: as in `weight_map`.
-
-    Example:
-        >>> cache = WeightMapCache("cache/weights", w0=10.0, sigma=5.0)
-        >>> w = cache("train-volume-07", instances)  # computed once, then read back
-    """
-
-    def __init__(
-        self,
-        cache_dir: str | os.PathLike[str] | None = None,
-        *,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        class_weights: str | Sequence[float] | None = "balanced",
-    ) -> None:
-        _check_border_params(w0, sigma)
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.params = {"w0": w0, "sigma": sigma, "class_weights": class_weights}
-        self._memory: dict[str, np.ndarray] = {}
-
-    def __call__(
-        self, key: str, instances: np.ndarray, classes: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Weight map of the image `key` ((H, W) float32, a fresh copy the caller may modify).
-
-        `instances` and `classes` are used only when the map is not cached yet; the cache
-        trusts that a key always names the same image.
-        """
-        digest = hashlib.sha1(repr((key, sorted(self.params.items()))).encode()).hexdigest()
-        if digest not in self._memory:
-            self._memory[digest] = self._load_or_compute(digest, instances, classes)
-        return self._memory[digest].copy()
-
-    def _load_or_compute(
-        self, digest: str, instances: np.ndarray, classes: np.ndarray | None
-    ) -> np.ndarray:
-        path = None if self.cache_dir is None else self.cache_dir / f"{digest}.npy"
-        if path is not None and path.exists():
-            return np.load(path)
-        weights = weight_map(instances, classes=classes, **self.params)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as stream:
-                    np.save(stream, weights)
-                os.replace(temporary, path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
-        return weights
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 :func:`write_report` writes one ``report.html`` that needs no server and no network: images are
 embedded as base64 ``data:`` URIs, the CSS is inline and there is no script. The helpers build
-its pictures: :func:`palette` (PASCAL VOC colour map), :func:`overlay` (labels blended over an
-image, object contours drawn opaque), :func:`thumbnail_png` (PNG bytes via Pillow) and
-:func:`confusion_matrix_png` (row-normalised, annotated matrix via matplotlib's Agg canvas).
-All files are written atomically (temporary file + ``os.replace``).
+its pictures: :func:`overlay` (labels blended over an image, object contours drawn opaque),
+:func:`thumbnail_png` (PNG bytes via Pillow), :func:`confusion_matrix_png` (row-normalised,
+annotated matrix) and :func:`plot_curves` (learning curves of one or more training runs).
+
+Figures use matplotlib's object API (``Figure`` + the Agg canvas, no ``pyplot`` state). Colours
+come from the one VOC colour map, :func:`pixelwise.data.voc_palette` (``palette`` here is the
+same function, kept for old imports). Files are written with :mod:`pixelwise.atomic`. Scores
+are computed elsewhere (:mod:`pixelwise.metrics`); this module only shows them.
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pixelwise.checkpoint import atomic_write
+from pixelwise.atomic import atomic_write, write_bytes, write_text
+from pixelwise.data import voc_palette
 
-__all__ = ["confusion_matrix_png", "overlay", "palette", "thumbnail_png", "write_report"]
+__all__ = [
+    "confusion_matrix_png",
+    "overlay",
+    "plot_curves",
+    "thumbnail_png",
+    "write_report",
+]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -46,24 +57,7 @@ figure img { max-width: 480px; }
 """
 
 
-def palette(n: int) -> np.ndarray:
-    """PASCAL VOC colour map: (n, 3) uint8, index 0 black, 1 (128, 0, 0), 2 (0, 128, 0), ...
-
-    Bits 0, 1, 2 of an index set the top bit of red, green, blue; bits 3, 4, 5 the next bit
-    down, and so on, so the first colours are far apart.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    index = np.arange(n, dtype=np.int64)
-    colours = np.zeros((n, 3), dtype=np.int64)
-    for level in range(8):
-        for channel in range(3):
-            bit = (index >> (3 * level + channel)) & 1
-            colours[:, channel] |= bit << (7 - level)
-    return colours.astype(np.uint8)
-
-
-_VOC_256 = palette(256)
+_VOC_256 = voc_palette(256)
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
@@ -159,11 +153,6 @@ def thumbnail_png(rgb: np.ndarray, max_side: int = 256) -> bytes:
     return buffer.getvalue()
 
 
-def _write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-    return Path(path)
-
-
 def confusion_matrix_png(
     cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike
 ) -> Path:
@@ -209,7 +198,68 @@ def confusion_matrix_png(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    return _write_bytes(path, buffer.getvalue())
+    return write_bytes(path, buffer.getvalue())
+
+
+# (key, label, style) of each curve, per panel: losses on a log scale, scores on [0, 1]
+_LOSS_CURVES = (("train_loss", "training loss", "-"), ("val_loss", "validation loss", "o-"))
+_SCORE_CURVES = (("val_mean_iou", "mean IoU", "o-"), ("val_dice", "Dice", "s-"))
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the rows that hold `key`; strings (from log.csv) are parsed."""
+    points = [
+        (int(float(r["step"])), float(r[key]))
+        for r in rows
+        if r.get(key) not in (None, "") and r.get("step") not in (None, "")
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _curves_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """The figure of :func:`plot_curves` (an Agg canvas attached, nothing written)."""
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    losses, scores = fig.subplots(1, 2)
+    for ax, curves in ((losses, _LOSS_CURVES), (scores, _SCORE_CURVES)):
+        for name, rows in histories.items():
+            prefix = f"{name}: " if name else ""
+            for key, label, style in curves:
+                steps, values = _series(rows, key)
+                if steps:
+                    ax.plot(steps, values, style, label=prefix + label)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend()
+    if any(v > 0 for line in losses.lines for v in line.get_ydata()):
+        losses.set_yscale("log")
+    scores.set_ylim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike
+) -> Path:
+    """Learning curves of one or more runs as one PNG: losses (left, log scale), scores (right).
+
+    Args:
+        histories: ``{run name: rows}``; each row a mapping with ``"step"`` and any of
+            ``"train_loss"``, ``"val_loss"``, ``"val_mean_iou"``, ``"val_dice"``, as numbers or as
+            strings (rows read back from ``log.csv``). Missing or empty values are skipped, so
+            training rows and validation rows can be mixed. A run named ``""`` gets unprefixed
+            legend labels (one run), others ``"<name>: <curve>"``.
+        path: destination ``.png`` (written atomically).
+
+    Returns:
+        ``Path(path)``.
+
+    Example:
+        plot_curves({"": run.history}, out / "curves.png")  # one run
+        plot_curves({"weighted": a, "unweighted": b}, out / "curves.png")  # compared
+    """
+    fig = _curves_figure(histories)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _format_value(value: Any) -> str:
@@ -323,6 +373,4 @@ def write_report(
         )
     parts.append("</div></body></html>\n")
     page = "\n".join(parts)
-    target = Path(out_dir) / "report.html"
-    atomic_write(target, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
-    return target
+    return write_text(Path(out_dir) / "report.html", page)

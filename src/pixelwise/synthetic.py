@@ -6,10 +6,13 @@ background between them, so connected components of the foreground mask merge th
 * :func:`touching_cells` draws one image and its ``(H, W)`` int32 instance map
   (0 = background, 1..K = cells).
 * :func:`touching_cells_dataset` draws ``n`` of them from independent, reproducible streams.
-* :func:`write_dataset` stores them as ``images/cell_000.png`` (uint8) +
+* :func:`write_dataset` stores them as ``images/cell_000.png`` (uint8, :func:`to_uint8`) +
   ``masks/cell_000.tif`` (uint16 ids), the folder-pair layout read by
-  ``pixelwise.data.open_dataset(folder, instances=True)``.
-* :func:`count_touching_pairs` counts pairs of objects sharing a 4-connected boundary.
+  ``pixelwise.data.open_dataset(folder, instances=True)``; with ``separate=True`` touching
+  cells are drawn apart by a background line, as in the U-Net paper's masks (the demo's data).
+
+Which cells touch is :mod:`pixelwise.instances.contacts`' business (``count_touching_pairs``,
+re-exported here, ``contact_pixels``, ``separate_touching``).
 
 How an image is made:
 
@@ -44,10 +47,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pixelwise.data import write_image_atomic
+from pixelwise.data import write_image
+from pixelwise.instances import contact_pixels, count_touching_pairs, separate_touching
 
 __all__ = [
-    "count_touching_pairs",
+    "count_touching_pairs",  # re-exported from pixelwise.instances, where it lives
+    "to_uint8",
     "touching_cells",
     "touching_cells_dataset",
     "write_dataset",
@@ -308,69 +313,6 @@ def _drop_fragments(labels: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Contacts
-# --------------------------------------------------------------------------------------------
-
-
-def _check_instances(instances: Any) -> np.ndarray:
-    array = np.asarray(instances)
-    if array.ndim != 2 or array.dtype.kind not in "iu":
-        raise ValueError(
-            f"instances must be an (H, W) integer array, got shape {array.shape} dtype "
-            f"{array.dtype}; pass instance ids (0 = background, 1..K = objects)"
-        )
-    if array.size and array.min() < 0:
-        raise ValueError(
-            f"instances must be >= 0, got minimum {array.min()}; use 0 for background and "
-            "1..K for objects"
-        )
-    return array
-
-
-def _neighbour_pairs(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ids (a, b) of every 4-adjacent pixel pair (right and down neighbours), flattened."""
-    a = np.concatenate([instances[:, :-1].ravel(), instances[:-1, :].ravel()])
-    b = np.concatenate([instances[:, 1:].ravel(), instances[1:, :].ravel()])
-    return a, b
-
-
-def _contact_pixels(instances: np.ndarray) -> np.ndarray:
-    """(H, W) bool: object pixels with a 4-neighbour that belongs to a different object."""
-    contact = np.zeros(instances.shape, dtype=bool)
-    for axis in (0, 1):
-        here = [slice(None), slice(None)]
-        there = [slice(None), slice(None)]
-        here[axis], there[axis] = slice(None, -1), slice(1, None)
-        a, b = instances[tuple(here)], instances[tuple(there)]
-        differ = (a != b) & (a > 0) & (b > 0)
-        contact[tuple(here)] |= differ
-        contact[tuple(there)] |= differ
-    return contact
-
-
-def count_touching_pairs(instances: np.ndarray) -> int:
-    """Number of pairs of distinct objects that share a 4-connected boundary.
-
-    Two objects touch when some pixel of one has a pixel of the other directly above, below,
-    left or right of it (diagonal contact does not count). Each pair counts once.
-
-    Args:
-        instances: (H, W) integer ids, 0 = background, 1..K = objects.
-
-    Returns:
-        Number of touching pairs (0 when no objects share a boundary).
-    """
-    instances = _check_instances(instances)
-    a, b = _neighbour_pairs(instances.astype(np.int64))
-    touching = (a != b) & (a > 0) & (b > 0)
-    low = np.minimum(a[touching], b[touching])
-    high = np.maximum(a[touching], b[touching])
-    # One integer per unordered pair: (low, high) ↦ low · (max id + 1) + high.
-    codes = low * (int(instances.max(initial=0)) + 1) + high
-    return len(np.unique(codes))
-
-
-# --------------------------------------------------------------------------------------------
 # Image formation
 # --------------------------------------------------------------------------------------------
 
@@ -409,7 +351,7 @@ def _render(
     field = _illumination_field(rng, labels.shape, illumination)
     inside = labels > 0
     cell = brightness[labels] * (1 - _FALLOFF * np.where(inside, rho, 0) ** 2) * texture
-    cell[_contact_pixels(labels)] *= _CONTACT_DIM
+    cell[contact_pixels(labels)] *= _CONTACT_DIM
     image = np.where(inside, cell, _BACKGROUND) * field
     if blur > 0:
         image = ndimage.gaussian_filter(image, blur)
@@ -514,12 +456,23 @@ def _iter_dataset(
         yield touching_cells(shape, rng=np.random.default_rng([seed, index]), **kwargs)
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W) float image in [0, 1] -> uint8 ``round(255 · image)`` (clipped), as stored."""
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
 def write_dataset(
-    folder: str | os.PathLike[str], n: int, shape: tuple[int, int], *, seed: int = 0, **kwargs: Any
+    folder: str | os.PathLike[str],
+    n: int,
+    shape: tuple[int, int],
+    *,
+    seed: int = 0,
+    separate: bool = False,
+    **kwargs: Any,
 ) -> Path:
     """Write :func:`touching_cells_dataset` as image/mask folder pairs.
 
-    Layout: ``folder/images/cell_000.png`` (uint8, ``round(255 · image)``) and
+    Layout: ``folder/images/cell_000.png`` (uint8, :func:`to_uint8`) and
     ``folder/masks/cell_000.tif`` (uint16 instance ids, uint32 above 65535 objects), read by
     ``pixelwise.data.open_dataset(folder, instances=True)``. Names have at least three digits
     (more when ``n > 1000``). Every file is written atomically (temporary file + rename), so an
@@ -530,6 +483,9 @@ def write_dataset(
         n: number of image/mask pairs (>= 0).
         shape: (H, W) of every image.
         seed: base seed, as in :func:`touching_cells_dataset`.
+        separate: store the masks with a background line wherever two cells touch
+            (:func:`pixelwise.instances.separate_touching`), as the U-Net paper's training
+            masks; the images are unchanged.
         **kwargs: further :func:`touching_cells` arguments.
 
     Returns:
@@ -558,9 +514,9 @@ def write_dataset(
                 "that would join the dataset; write into an empty folder or delete them"
             )
     for stem, (image, instances) in zip(stems, _iter_dataset(n, shape, seed, kwargs), strict=True):
+        if separate:
+            instances = separate_touching(instances)
         ids = instances.astype(np.uint16 if instances.max(initial=0) <= 65535 else np.uint32)
-        write_image_atomic(
-            root / _IMAGE_DIR / f"{stem}.png", np.round(image * 255).astype(np.uint8)
-        )
-        write_image_atomic(root / _MASK_DIR / f"{stem}.tif", ids)
+        write_image(root / _IMAGE_DIR / f"{stem}.png", to_uint8(image))
+        write_image(root / _MASK_DIR / f"{stem}.tif", ids)
     return root

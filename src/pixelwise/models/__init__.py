@@ -1,4 +1,8 @@
-"""Models: U-Net, FCN, convolutionalization, and a registry of names to constructors."""
+"""Models: U-Net, FCN, convolutionalization, the geometry contract, and a registry of names.
+
+Every network here satisfies `Geometry` (margin, stride, receptive_radius, output_size,
+input_size, valid_input_sizes), the one interface `pixelwise.tiling` and training plan sizes with.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from torch import nn
 
 from pixelwise.models.convolutionalize import convolutionalize
 from pixelwise.models.fcn import FCN, load_vgg16_weights
+from pixelwise.models.geometry import Geometry
 from pixelwise.models.unet import UNet, UNetGeometry
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -43,6 +48,7 @@ def model_config(model: nn.Module) -> tuple[str, dict]:
 __all__ = [
     "FCN",
     "REGISTRY",
+    "Geometry",
     "UNet",
     "UNetGeometry",
     "build",

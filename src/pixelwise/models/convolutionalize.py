@@ -36,60 +36,92 @@ def convolutionalize(model: nn.Sequential, input_shape: tuple[int, int, int]) ->
     if len(flat) != 1:
         raise ValueError(
             f"convolutionalize needs exactly one nn.Flatten between the features and the "
-            f"classifier head, found {len(flat)}"
+            f"classifier head, found {len(flat)}; pass nn.Sequential(features..., nn.Flatten(), "
+            "head...)"
         )
     features, head = layers[: flat[0]], layers[flat[0] + 1 :]
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
+        raise ValueError(
+            f"input_shape must be (C, H, W), got {input_shape!r}; pass the size the classifier "
+            "was trained at, e.g. (3, 224, 224)"
+        )
     with torch.no_grad():
         fmap = nn.Sequential(*features).eval()(torch.zeros(1, *input_shape))  # (1, C, h, w)
     if fmap.dim() != 4:
-        raise ValueError(f"the features must output an (N, C, h, w) map, got {tuple(fmap.shape)}")
+        raise ValueError(
+            f"the features must output an (N, C, h, w) map, got {tuple(fmap.shape)}; the layers "
+            "before Flatten must be 2-D (convolutions, pooling)"
+        )
     _, c, h, w = fmap.shape
 
     converted: list[nn.Module] = []
-    first_linear = True
     for i, m in enumerate(head):
-        if isinstance(m, nn.Linear):
-            kernel = (h, w) if first_linear else (1, 1)
-            cin = c * h * w if first_linear else m.in_features
-            if m.in_features != cin:
-                raise ValueError(
-                    f"Linear layer {i} after Flatten expects {m.in_features} inputs but the "
-                    f"features give {cin} at input_shape {tuple(input_shape)}"
-                )
-            conv = nn.Conv2d(
-                m.in_features // (kernel[0] * kernel[1]),
-                m.out_features,
-                kernel,
-                bias=m.bias is not None,
-            )
-            with torch.no_grad():
-                # Flatten is row-major over (C, h, w), so the reshape lines up weight and window.
-                conv.weight.copy_(m.weight.reshape(conv.weight.shape))  # (K, C, h, w)
-                if m.bias is not None:
-                    conv.bias.copy_(m.bias)
-            converted.append(conv)
-            first_linear = False
-        elif isinstance(m, nn.BatchNorm1d):
-            bn = nn.BatchNorm2d(
-                m.num_features,
-                eps=m.eps,
-                momentum=m.momentum,
-                affine=m.affine,
-                track_running_stats=m.track_running_stats,
-            )
-            bn.load_state_dict(m.state_dict())
-            converted.append(bn)
-        elif isinstance(m, nn.Dropout):
-            converted.append(nn.Dropout(m.p))
-        elif isinstance(m, _PASS_THROUGH):
-            converted.append(m)
-        else:
-            raise ValueError(
-                f"cannot convolutionalize layer {i} after Flatten ({type(m).__name__}); supported: "
-                f"Linear, BatchNorm1d, Dropout and element-wise activations"
-            )
-    if first_linear:
-        raise ValueError("no nn.Linear after the Flatten: nothing to convolutionalize")
+        first_linear = not any(isinstance(c, nn.Conv2d) for c in converted)
+        converted.append(_convert_layer(m, i, (c, h, w) if first_linear else None, input_shape))
+    if not any(isinstance(c, nn.Conv2d) for c in converted):
+        raise ValueError(
+            "no nn.Linear after the Flatten: nothing to convolutionalize; the head needs at "
+            "least one nn.Linear"
+        )
     return nn.Sequential(*features, *converted)
+
+
+def _convert_layer(
+    m: nn.Module,
+    i: int,
+    window: tuple[int, int, int] | None,
+    input_shape: tuple[int, int, int],
+) -> nn.Module:
+    """The convolutional equivalent of head layer `i`.
+
+    Args:
+        m: the layer after Flatten.
+        i: its position in the head, for messages.
+        window: (C, h, w) of the feature map when `m` would be the first Linear (it becomes a
+            (C, h, w) convolution); None after the first Linear (Linear → 1×1 convolution).
+        input_shape: the classifier's input shape, for messages.
+    """
+    if isinstance(m, nn.Linear):
+        return _linear_to_conv(m, i, window, input_shape)
+    if isinstance(m, nn.BatchNorm1d):
+        bn = nn.BatchNorm2d(
+            m.num_features,
+            eps=m.eps,
+            momentum=m.momentum,
+            affine=m.affine,
+            track_running_stats=m.track_running_stats,
+        )
+        bn.load_state_dict(m.state_dict())
+        return bn
+    if isinstance(m, nn.Dropout):
+        return nn.Dropout(m.p)
+    if isinstance(m, _PASS_THROUGH):
+        return m
+    raise ValueError(
+        f"cannot convolutionalize layer {i} after Flatten ({type(m).__name__}); supported: "
+        f"Linear, BatchNorm1d, Dropout and element-wise activations"
+    )
+
+
+def _linear_to_conv(
+    m: nn.Linear,
+    i: int,
+    window: tuple[int, int, int] | None,
+    input_shape: tuple[int, int, int],
+) -> nn.Conv2d:
+    """A Linear layer as the convolution computing it: a (C, h, w) kernel over the feature map
+    for the first Linear (`window` = (C, h, w)), a 1×1 kernel for the later ones."""
+    c, h, w = window if window is not None else (m.in_features, 1, 1)
+    if m.in_features != c * h * w:
+        raise ValueError(
+            f"Linear layer {i} after Flatten expects {m.in_features} inputs but the "
+            f"features give {c * h * w} at input_shape {tuple(input_shape)}; pass the "
+            "input_shape the classifier was built for"
+        )
+    conv = nn.Conv2d(c, m.out_features, (h, w), bias=m.bias is not None)
+    with torch.no_grad():
+        # Flatten is row-major over (C, h, w), so the reshape lines up weight and window.
+        conv.weight.copy_(m.weight.reshape(conv.weight.shape))  # (K, C, h, w)
+        if m.bias is not None:
+            conv.bias.copy_(m.bias)
+    return conv

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pixelwise.checks import check_positive_int
+
 VARIANTS = ("32s", "16s", "8s")
 
 # VGG16 configuration: channels of each 3×3 conv, "M" for a 2×2 max-pooling. The index of each
@@ -93,14 +95,19 @@ class FCN(nn.Module):
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise ValueError(
+                f"variant must be one of {VARIANTS}, got {variant!r}; pass '8s' for the finest "
+                "skips (the paper's best)"
+            )
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("in_channels", in_channels)
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}; 1.0 is VGG16's channel counts")
         if at_once and variant == "32s":
-            raise ValueError("at_once scales the pool3/pool4 skips; use variant '16s' or '8s'")
+            raise ValueError(
+                "at_once scales the pool3/pool4 skips, which variant '32s' does not have; "
+                "use variant '16s' or '8s'"
+            )
         self.variant = variant
         self.registry_name = f"fcn{variant}"
         self.hparams = dict(
@@ -180,7 +187,8 @@ class FCN(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.hparams["in_channels"]:
             raise ValueError(
                 f"FCN expects an (N, {self.hparams['in_channels']}, H, W) tensor, got shape "
-                f"{tuple(x.shape)}"
+                f"{tuple(x.shape)}; pass a batch of {self.hparams['in_channels']}-channel images "
+                "(x[None] adds the batch dimension)"
             )
         h, w = x.shape[-2:]
         pool3 = self.features[:POOL3](x)  # (N, 256w, ~(H+198)/8, ...)

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pixelwise.checks import check_positive_int, is_int
+
 PADDINGS = ("valid", "same")
 UP_MODES = ("transpose", "bilinear")
 
@@ -223,17 +225,23 @@ class UNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("base_channels", base_channels)
-        if not isinstance(depth, int) or depth < 2:
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("base_channels", base_channels)
+        if not is_int(depth) or depth < 2:
             raise ValueError(f"depth must be an integer >= 2, got {depth!r}; the paper uses 5")
         if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+            raise ValueError(
+                f"padding must be one of {PADDINGS}, got {padding!r}; pass 'valid' (the "
+                "paper's unpadded convolutions) or 'same'"
+            )
         if up_mode not in UP_MODES:
-            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
+            raise ValueError(
+                f"up_mode must be one of {UP_MODES}, got {up_mode!r}; pass 'transpose' (the "
+                "paper's 2×2 up-convolution) or 'bilinear'"
+            )
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}; the paper uses 0.5")
         self.hparams = dict(
             in_channels=in_channels,
             num_classes=num_classes,
@@ -308,11 +316,15 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) → (N, num_classes, H − 2·margin, W − 2·margin) logits."""
         if x.dim() != 4:
-            raise ValueError(f"UNet expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"UNet expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}; x[None] adds "
+                "the batch dimension"
+            )
         if x.shape[1] != self.hparams["in_channels"]:
             raise ValueError(
                 f"UNet was built for {self.hparams['in_channels']} input channels, got "
-                f"{x.shape[1]} (input shape {tuple(x.shape)})"
+                f"{x.shape[1]} (input shape {tuple(x.shape)}); convert the images or build "
+                f"UNet(in_channels={x.shape[1]})"
             )
         self.geometry.check(x.shape[-2], what="input height")
         self.geometry.check(x.shape[-1], what="input width")
@@ -328,8 +340,3 @@ class UNet(nn.Module):
             skip = center_crop(skip, x.shape[-2], x.shape[-1])  # (N, C, 2h, 2w)
             x = dec(torch.cat([skip, x], dim=1))  # cat → (N, 2C, 2h, 2w) → (N, C, 2h−4, 2w−4)
         return self.head(x)  # (N, num_classes, H − 2·margin, W − 2·margin)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,77 @@
+"""Predict files: the library behind `pixelwise predict`.
+
+`predict_files` reads images (files, folders, multi-page TIFF stacks), normalises them as the
+checkpoint records, runs overlap-tile inference (`pixelwise.tiling.predict`, with one
+`pixelwise.tiling.PredictOptions`) and writes, under `out_dir`:
+
+    <name>.png            class map: palette PNG whose pixel values are the class ids (0..K-1)
+                          and whose palette colours them (the checkpoint's "palette", else the
+                          PASCAL VOC map: 0 black, 1 dark red, 2 green, ...); readers that
+                          honour palettes show colours, `pixelwise.data.read_image` and
+                          `PIL.Image.open(...)` + `np.array` give the ids. A binary map is
+                          written the same way, so 1 shows as red, not as a near-black grey.
+    <name>.tif            the class map instead, as a grayscale uint8/uint16 TIFF of class ids,
+                          when output_format="tif", the model has more than 256 classes, or
+                          the image has more than `stream_pixels` pixels (streamed, below).
+    probs/<name>.tif      with probs=True: float32 softmax probabilities, K pages of (H, W).
+    overlays/<name>.png   with overlay=True: the class colours blended over the image.
+    objects/<name>.csv    with objects=True: one row per connected object of every class except
+                          0 (`pixelwise.instances.label` / `object_table`).
+    objects/<name>.json   with objects=True: the same objects in COCO format (one image, id 1;
+                          uncompressed RLE masks; categories 1..K-1 named by the checkpoint's
+                          class names), `pixelwise.instances.to_coco`.
+
+`<name>` is the input's stem; page i of a multi-page TIFF is an image of its own named
+`<stem>_p0003` (i = 3, four digits), so `out_dir` pairs with the input folder by stem as a mask
+folder does (`pixelwise.data`). Stems given twice (a.png and a.tif) get their suffix appended
+(`a_png`, `a_tif`). Every file is written through `pixelwise.atomic` (a temporary file beside its
+destination, renamed over it), so an interrupted run never leaves a truncated file under a final
+name, and files get the umask's permissions (0644 under umask 022).
+
+Bad inputs (unreadable file, empty image, NaN values, channel count the model does not take,
+dtype unlike the training data) cost one line through `log` and an entry in the summary; the
+other files are still processed. Options that would fail every file (bad tile size, unknown
+output format) raise ValueError before any file is read.
+
+Large images (more than `stream_pixels`, 4096² by default) are streamed: an uncompressed TIFF is
+memory-mapped and read by region, the network input is normalised tile by tile
+(`NormalizedImage`), and the outputs go straight into memory-mapped TIFFs, so memory stays
+bounded by the tile batch. Overlays and object tables, which need the whole map in memory, are
+skipped for such images (with a note).
+
+Distributed: with `world_size` processes (e.g. `torchrun --nproc-per-node 4 -m pixelwise predict
+...`), rank r processes files[r::world_size]; no process group is needed.
+`pixelwise.distributed.distributed_context` reads RANK / WORLD_SIZE / LOCAL_RANK and
+`select_device` picks `cuda:{LOCAL_RANK}`.
+
+Modules: `inputs` (which files, their names, reading and checking images), `outputs` (the
+output layout and writers), `summary` (failures and the run summary), `run` (`predict_files`).
+"""
+
+from pixelwise.inference.inputs import NormalizedImage, expand_inputs, output_names
+from pixelwise.inference.outputs import (
+    OBJECTS_DIR,
+    OUTPUT_FORMATS,
+    OVERLAY_ALPHA,
+    OVERLAYS_DIR,
+    PROBS_DIR,
+)
+from pixelwise.inference.run import STREAM_PIXELS, predict_files
+from pixelwise.inference.summary import Failure, PredictSummary
+from pixelwise.tiling import PredictOptions
+
+__all__ = [
+    "OBJECTS_DIR",
+    "OUTPUT_FORMATS",
+    "OVERLAYS_DIR",
+    "OVERLAY_ALPHA",
+    "PROBS_DIR",
+    "STREAM_PIXELS",
+    "Failure",
+    "NormalizedImage",
+    "PredictOptions",
+    "PredictSummary",
+    "expand_inputs",
+    "output_names",
+    "predict_files",
+]

@@ -1,0 +1,270 @@
+"""`predict_files`: one run over image files, with a checkpoint and one set of options.
+
+Owns the run: loading the model, the checks that would fail every file (done once, before any
+file is read), this rank's share of the files, and per image the choice between in-memory and
+streamed prediction (`pixelwise.tiling.predict` either way). Which files and how they are read
+is `pixelwise.inference.inputs`; what is written and how, `pixelwise.inference.outputs`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pixelwise import tiling
+from pixelwise.checkpoint import load_state
+from pixelwise.checks import check_choice, check_positive_int
+from pixelwise.data import DataError, as_palette, to_chw_float, voc_palette
+from pixelwise.distributed import check_rank, select_device
+from pixelwise.inference.inputs import (
+    NormalizedImage,
+    check_image,
+    expand_inputs,
+    open_image,
+    output_names,
+    pages,
+    where,
+)
+from pixelwise.inference.outputs import OUTPUT_FORMATS, Outputs
+from pixelwise.inference.summary import Log, PredictSummary, RunLog, one_line
+from pixelwise.tiling import PredictOptions
+
+STREAM_PIXELS = 4096 * 4096
+"""Images with more pixels than this are streamed (memory-mapped input and outputs)."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Settings shared by every image of a run."""
+
+    model: nn.Module
+    in_channels: int
+    normalization: dict | None
+    options: PredictOptions
+    stream_pixels: int
+    outputs: Outputs
+
+
+def predict_files(
+    checkpoint: str | os.PathLike | nn.Module,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    options: PredictOptions | None = None,
+    probs: bool = False,
+    overlay: bool = False,
+    objects: bool = False,
+    output_format: str = "png",
+    rank: int = 0,
+    world_size: int = 1,
+    stream_pixels: int = STREAM_PIXELS,
+    log: Log | None = print,
+    **overrides: Any,
+) -> PredictSummary:
+    """Segment image files with a checkpoint and write the results (see `pixelwise.inference`).
+
+    Args:
+        checkpoint: `.safetensors` checkpoint (its "normalization" record is applied: dtype
+            scaling, then (x − mean) / std per channel; without one, dtype scaling only), or a
+            model (no normalisation beyond dtype scaling).
+        inputs: image files (PNG, TIFF, JPEG; multi-page TIFFs are one image per page) and
+            folders (their image files, sorted by name, not recursive).
+        out_dir: output folder (created).
+        options: how to tile and run (`pixelwise.tiling.PredictOptions`; defaults: tiles and
+            batch chosen to fit the memory budget, no TTA, mirroring). Its `device` defaults to
+            `select_device()`: cuda:LOCAL_RANK, else the CPU.
+        probs: also write (K, H, W) float32 probabilities to probs/<name>.tif.
+        overlay: also write a colour overlay to overlays/<name>.png.
+        objects: also write the objects to objects/<name>.csv and objects/<name>.json (COCO).
+        output_format: "png" (palette PNG class maps) or "tif" (grayscale TIFF class ids).
+        rank, world_size: this process takes files[rank::world_size].
+        stream_pixels: images with more pixels are streamed (see `pixelwise.inference`).
+        log: called with one line per image (written or failed) and per note; None: silent.
+        **overrides: `PredictOptions` fields replacing those of `options` (tile_size=...,
+            tta=..., device=..., progress=...). Without `options`, progress defaults to True
+            here: one tile bar per image, shown only on a terminal.
+
+    Returns:
+        The summary of this rank's share; `exit_status` is 1 when any input failed.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read.
+        ValueError: an option that would fail every image (the message names the fix), or an
+            out_dir that would overwrite an input. Raised before any file is read or written.
+        TypeError: an unknown option name.
+    """
+    check_rank(rank, world_size)
+    check_choice("output_format", output_format, OUTPUT_FORMATS)
+    check_positive_int("stream_pixels", stream_pixels)
+    if options is None:
+        overrides.setdefault("progress", True)
+    options = PredictOptions.build(options, **overrides)
+    if isinstance(checkpoint, nn.Module):
+        model, meta = checkpoint, {}
+    else:
+        model, meta, _ = load_state(checkpoint)
+    options.check_model(model)  # once, before any file is read
+    out = Path(out_dir)
+    files, missing = expand_inputs(inputs)
+    names = output_names(files)
+    _check_not_inputs(files, out, names)
+
+    log_to = RunLog(PredictSummary(rank=rank, world_size=world_size), log)
+    if rank == 0:  # every rank expands the same inputs; report missing ones once
+        for failure in missing:
+            log_to.fail(failure.source, failure.message)
+    selected = dict(probs=probs, overlay=overlay, objects=objects, output_format=output_format)
+    run = _start_run(model, meta, out, options, stream_pixels, log_to, selected)
+    mine = list(zip(files, names, strict=True))[rank::world_size]
+    for number, (path, name) in enumerate(mine, 1):
+        _predict_file(run, path, name, f"[{number}/{len(mine)}]", log_to)
+    return log_to.summary
+
+
+def _start_run(
+    model: nn.Module,
+    meta: dict,
+    out: Path,
+    options: PredictOptions,
+    stream_pixels: int,
+    log: RunLog,
+    selected: dict[str, Any],
+) -> _Run:
+    """The run's settings; the model moved to its device (`select_device(options.device)`)."""
+    config = getattr(model, "hparams", {})
+    num_classes = config["num_classes"]
+    palette, palette_note = _resolve_palette(meta, num_classes)
+    if palette_note:
+        log.note(palette_note)
+    names = meta.get("class_names")
+    outputs = Outputs(
+        out_dir=out,
+        num_classes=num_classes,
+        palette=palette,
+        class_names=tuple(names) if names else None,
+        **selected,
+    )
+    return _Run(
+        model=model.to(select_device(options.device)),
+        in_channels=config["in_channels"],
+        normalization=meta.get("normalization"),
+        options=options,
+        stream_pixels=stream_pixels,
+        outputs=outputs,
+    )
+
+
+def _resolve_palette(meta: dict, num_classes: int) -> tuple[np.ndarray, str | None]:
+    """(colours, note): the checkpoint's palette completed by the VOC map, at least 2 rows.
+
+    A palette that is not (n, 3) RGB is ignored with a note; a short one is extended.
+    """
+    n = min(max(num_classes, 2), 256)
+    colours = voc_palette(n)
+    recorded = meta.get("palette")
+    if recorded is None:
+        return colours, None
+    try:
+        given = as_palette(recorded)
+    except (ValueError, TypeError) as e:
+        return colours, f"checkpoint palette ignored ({e}); using the PASCAL VOC colours"
+    rows = min(len(given), n)
+    colours[:rows] = given[:rows]
+    return colours, None
+
+
+def _check_not_inputs(files: Sequence[Path], out_dir: Path, names: Sequence[str]) -> None:
+    """Refuse an out_dir where a class map would replace one of the inputs."""
+    inputs = {f.resolve() for f in files}
+    for name in names:
+        for suffix in OUTPUT_FORMATS:
+            target = (out_dir / f"{name}.{suffix}").resolve()
+            if target in inputs:
+                raise ValueError(
+                    f"out_dir {out_dir} would overwrite the input {target}; choose another "
+                    f"output folder"
+                )
+
+
+def _predict_file(run: _Run, path: Path, name: str, counter: str, log: RunLog) -> None:
+    """Predict every page of one file; failures are logged, not raised (user errors only)."""
+    try:
+        numbers = pages(path)
+    except DataError as e:
+        log.fail(str(path), one_line(e))
+        return
+    for page in numbers:
+        here = where(path, page)
+        page_name = name if page is None else f"{name}_p{page:04d}"
+        start = time.perf_counter()
+        try:
+            written = _predict_image(run, path, page, page_name, log)
+        except DataError as e:
+            log.fail(here, one_line(e))
+            continue
+        except torch.cuda.OutOfMemoryError:
+            log.fail(here, f"{here}: out of GPU memory; pass a smaller tile size or batch size")
+            continue
+        except OSError as e:
+            log.fail(here, f"{here}: cannot write the results ({one_line(e)}); check the disk")
+            continue
+        names = ", ".join(str(p.relative_to(run.outputs.out_dir)) for p in written)
+        log.done(f"{counter} {here} → {names} ({time.perf_counter() - start:.1f} s)", written)
+
+
+def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunLog) -> list[Path]:
+    """Read, check and predict one image (one page); return the files written."""
+    here = where(path, page)
+    image = open_image(path, page)
+    check_image(image, here, run.in_channels)
+    if image.shape[0] * image.shape[1] <= run.stream_pixels:
+        return _predict_in_memory(run, np.asarray(image), here, name, path.name, page)
+    wanted = (("overlay", run.outputs.overlay), ("objects", run.outputs.objects))
+    skipped = [output for output, on in wanted if on]
+    if skipped:
+        log.note(
+            f"{here}: {' and '.join(skipped)} skipped: {image.shape[0]}×{image.shape[1]} "
+            f"pixels exceed stream_pixels={run.stream_pixels}, so the maps stay on disk; crop "
+            f"the image to get them"
+        )
+    return _predict_streamed(run, image, here, name)
+
+
+def _predict_in_memory(
+    run: _Run, image: np.ndarray, here: str, name: str, file_name: str, page: int | None
+) -> list[Path]:
+    """Predict an image held in memory and write every requested output."""
+    x = to_chw_float(image, normalization=run.normalization, source=here)  # (C, H, W)
+    probs = None
+    if run.outputs.probs or run.outputs.objects:
+        probs = tiling.predict(run.model, x, options=run.options, output="probs")  # (K, H, W)
+        labels = probs.argmax(axis=0).astype(run.outputs.label_dtype)  # (H, W)
+    else:
+        labels = tiling.predict(run.model, x, options=run.options, output="labels")  # (H, W)
+    return run.outputs.write(name, image, labels, probs, file_name=file_name, page=page)
+
+
+def _predict_streamed(run: _Run, image: Any, here: str, name: str) -> list[Path]:
+    """Predict a large image tile by tile into memory-mapped TIFFs (class map, probabilities)."""
+    view = NormalizedImage(image, run.normalization, here)
+    view[:, :1, :1]  # checks dtype and normalisation on one pixel before any work
+    _, height, width = view.shape
+
+    def fill(labels: np.ndarray, probs: np.ndarray | None) -> None:
+        if probs is None:
+            tiling.predict(run.model, view, options=run.options, output="labels", out=labels)
+            return
+        tiling.predict(run.model, view, options=run.options, output="probs", out=probs)
+        rows = max(1, 2**24 // (4 * probs.shape[0] * width))  # argmax ~16 MB at a time
+        for r in range(0, height, rows):
+            labels[r : r + rows] = probs[:, r : r + rows].argmax(axis=0)  # (rows, W)
+
+    return run.outputs.write_streamed(name, (height, width), fill)

@@ -1,0 +1,63 @@
+"""Fixtures and paths shared by the test files.
+
+* `ROOT`, `BENCHMARKS`, `SHARED_DATA`: the repository, its benchmarks/ folder and the real
+  datasets beside it (../shared/data, absent on some machines).
+* benchmarks/ goes on sys.path, so a test imports a recipe as a module (`import camvid_fcn as
+  recipe`) and the shared references as `from references import weight_map_bruteforce`
+  (benchmarks/references.py: the brute-force references the benchmarks time too).
+* `shared_data`: `shared_data("isbi2012")` is the real dataset folder, or the test is skipped.
+* `tiny_unet`: a seeded, narrow U-Net in eval mode for tests that need a real network fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixelwise.models import UNet
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+
+@pytest.fixture
+def shared_data() -> Callable[[str], Path]:
+    """`shared_data(name)`: the folder ../shared/data/<name>, or skip when it is absent."""
+
+    def folder(name: str) -> Path:
+        path = SHARED_DATA / name
+        if not path.exists():
+            pytest.skip(f"real data not found at {path}")
+        return path
+
+    return folder
+
+
+@pytest.fixture
+def tiny_unet() -> Callable[..., UNet]:
+    """`tiny_unet(in_channels=1, num_classes=3, *, base_channels=4, depth=3, padding="valid",
+    seed=0)`: a U-Net with weights from `torch.manual_seed(seed)`, in eval mode."""
+
+    def build(
+        in_channels: int = 1,
+        num_classes: int = 3,
+        *,
+        base_channels: int = 4,
+        depth: int = 3,
+        padding: str = "valid",
+        seed: int = 0,
+    ) -> UNet:
+        torch.manual_seed(seed)
+        return UNet(
+            in_channels, num_classes, base_channels=base_channels, depth=depth, padding=padding
+        ).eval()
+
+    return build
