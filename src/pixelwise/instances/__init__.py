@@ -24,6 +24,13 @@ from pixelwise.instances.contacts import (
     touching_pairs_separated,
 )
 from pixelwise.instances.labelling import instances_from_border_class, label
+from pixelwise.instances.postprocess import (
+    TARGETS,
+    PostProcessing,
+    object_scores,
+    objects_from_probabilities,
+    postprocessing_from_metadata,
+)
 from pixelwise.instances.tables import (
     CSV_COLUMNS,
     object_table,
@@ -36,11 +43,16 @@ from pixelwise.instances.tables import (
 
 __all__ = [
     "CSV_COLUMNS",
+    "TARGETS",
+    "PostProcessing",
     "contact_pixels",
     "count_touching_pairs",
     "instances_from_border_class",
     "label",
+    "object_scores",
     "object_table",
+    "objects_from_probabilities",
+    "postprocessing_from_metadata",
     "rle_decode",
     "rle_encode",
     "separate_touching",

@@ -19,7 +19,7 @@ from pixelwise.metrics.isbi import (
     warping_error,
     warping_scores,
 )
-from pixelwise.metrics.objects import DEFAULT_IOU_THRESHOLDS, match_instances
+from pixelwise.metrics.objects import DEFAULT_IOU_THRESHOLDS, match_instances, pool_matches
 from pixelwise.metrics.semantic import ConfusionMatrix, confusion_matrix, segmentation_scores
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "confusion_matrix",
     "match_instances",
     "pixel_error",
+    "pool_matches",
     "rand_error",
     "rand_scores",
     "segmentation_scores",

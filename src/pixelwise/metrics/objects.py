@@ -16,7 +16,7 @@ from scipy import optimize
 
 from pixelwise.arrays import as_numpy, check_same_shape
 
-__all__ = ["DEFAULT_IOU_THRESHOLDS", "match_instances"]
+__all__ = ["DEFAULT_IOU_THRESHOLDS", "match_instances", "pool_matches"]
 
 DEFAULT_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2).tolist())
 """The ten IoU thresholds 0.50, 0.55, ..., 0.95 of the 2018 Data Science Bowl / COCO."""
@@ -176,3 +176,40 @@ def match_instances(
         "f1_50": at_50["f1"],
         **_merges_and_splits(inter, gt_area, pred_area),
     }
+
+
+def pool_matches(matches: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Scores of a dataset: TP, FP and FN summed over images, then the ratios (pooled).
+
+    The StarDist paper's and the 2018 Data Science Bowl's convention: one-to-one matching per
+    image (:func:`match_instances`), counts added over the images, ratios of the sums.
+
+    Args:
+        matches: `match_instances` results of the images, all with the same thresholds.
+
+    Returns:
+        For each threshold t (formatted ``0.5``, ``0.55``, ...): ``tp@t``, ``fp@t``, ``fn@t``,
+        ``precision@t`` = TP/(TP+FP), ``recall@t`` = TP/(TP+FN), ``f1@t`` = 2TP/(2TP+FP+FN) and
+        ``accuracy@t`` = TP/(TP+FP+FN) (what the DSB and StarDist call AP); ``dsb_score``: the
+        mean accuracy over the thresholds; ``n_pred``, ``n_gt``, ``merges``, ``splits``: sums.
+        Ratios with a zero denominator are NaN.
+    """
+    if not matches:
+        raise ValueError("pool_matches needs at least one match_instances result")
+    out: dict[str, Any] = {
+        key: int(sum(m[key] for m in matches)) for key in ("n_pred", "n_gt", "merges", "splits")
+    }
+    accuracies = []
+    for i, first in enumerate(matches[0]["per_threshold"]):
+        t = f"{first['threshold']:g}"
+        tp, fp, fn = (
+            int(sum(m["per_threshold"][i][k] for m in matches)) for k in ("tp", "fp", "fn")
+        )
+        out |= {f"tp@{t}": tp, f"fp@{t}": fp, f"fn@{t}": fn}
+        out[f"precision@{t}"] = _ratio(tp, tp + fp)
+        out[f"recall@{t}"] = _ratio(tp, tp + fn)
+        out[f"f1@{t}"] = _ratio(2 * tp, 2 * tp + fp + fn)
+        out[f"accuracy@{t}"] = _ratio(tp, tp + fp + fn)
+        accuracies.append(out[f"accuracy@{t}"])
+    out["dsb_score"] = float(np.mean(accuracies))
+    return out
