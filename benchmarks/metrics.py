@@ -19,7 +19,13 @@ from scipy import ndimage
 
 from common import Run, make_parser, median_seconds, parse_args
 from pixelwise.instances import label
-from pixelwise.metrics import confusion_matrix, pixel_error, rand_error, warping_error
+from pixelwise.metrics import (
+    adapted_rand_error,
+    classic_warping_error,
+    confusion_matrix,
+    isbi2012,
+    pixel_disagreement,
+)
 from references import voronoi_cells
 
 
@@ -70,11 +76,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     binary = prob > 0.5
     shape = f"{isbi_side}x{isbi_side}"
     for name, fn, what in (
-        ("rand_error", lambda: rand_error(binary, gt), "binary, 1 threshold"),
-        ("rand_error", lambda: rand_error(prob, gt), "probs, 9 thresholds"),
-        ("warping_error", lambda: warping_error(prob, gt), "probs at 0.5"),
-        ("pixel_error", lambda: pixel_error(prob, gt, thresholds=(0.5,)), "probs at 0.5"),
-        ("pixel_error", lambda: pixel_error(prob, gt), "probs, 9 thresholds"),
+        ("isbi2012 (challenge, 5 scores)", lambda: isbi2012(prob, gt), "probs, Fiji sweeps"),
+        ("adapted_rand_error", lambda: adapted_rand_error(binary, gt), "binary, 1 threshold"),
+        ("adapted_rand_error", lambda: adapted_rand_error(prob, gt), "probs, 9 thresholds"),
+        ("classic_warping_error", lambda: classic_warping_error(prob, gt), "probs at 0.5"),
+        ("pixel_disagreement", lambda: pixel_disagreement(prob, gt, thresholds=(0.5,)), "at 0.5"),
+        ("pixel_disagreement", lambda: pixel_disagreement(prob, gt), "probs, 9 thresholds"),
     ):
         t = median_seconds(fn, repeats=repeats, warmup=1)
         rows.append((name, f"{shape} {what}", t, f"{isbi_side**2 / t / 1e6:.1f} MP/s"))
@@ -88,10 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'benchmark':<30} {'input':<32} {'median ms':>10}  throughput")
     for name, what, t, rate in rows:
         print(f"{name:<30} {what:<32} {t * 1e3:>10.2f}  {rate}")
-    print(
-        f"values: warping {warping_error(prob, gt):.4f}, rand {rand_error(prob, gt):.4f}, "
-        f"pixel {pixel_error(prob, gt):.4f}"
-    )
+    challenge = isbi2012(prob, gt)
+    print("challenge values: " + ", ".join(f"{k} {v:.4f}" for k, v in challenge.items()))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ class Settings:
 
 FULL = Settings(
     crop=None,
-    model_args={"base_channels": 16, "depth": 4},  # valid padding: margin 44 px
+    # valid padding, no batch norm (the paper's U-Net, margin 44 px); pinned, since instance runs
+    # otherwise fill in the instance defaults (same padding, batch norm)
+    model_args={"base_channels": 16, "depth": 4, "padding": "valid", "batch_norm": False},
     patch_size=100,  # 188 × 188 input tiles
     batch_size=4,
     steps=None,
@@ -105,7 +107,7 @@ FULL = Settings(
 )
 QUICK = Settings(
     crop=160,
-    model_args={"base_channels": 4, "depth": 3},
+    model_args={"base_channels": 4, "depth": 3, "padding": "valid", "batch_norm": False},
     patch_size=32,
     batch_size=2,
     steps=6,

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+import tifffile
+from PIL import Image
 
 import isbi2012 as recipe  # benchmarks/ is on sys.path (tests/conftest.py)
 
@@ -35,6 +37,7 @@ def test_quick_run_writes_its_table(tmp_path, capsys, shared_data):
     assert np.isfinite(results["train"]["minutes"])
     for row in results["isbi"].values():  # the sweep's minimum is at most the 0.5 decision's
         assert row["pixel_error"] <= row["pixel_error_at_0.5"]
+        assert set(row) >= {"rand_error", "warping_error", "v_rand_thin", "v_info_thin"}
     # --evaluate-only re-scores the same checkpoint without training: the same numbers
     assert recipe.main([str(data), "--quick", "--out", str(tmp_path), "--evaluate-only"]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
@@ -45,3 +48,22 @@ def test_evaluate_only_without_a_run_says_what_to_do(tmp_path, shared_data):
     data = shared_data("isbi2012")
     with pytest.raises(SystemExit, match=r"best.safetensors not found; train first"):
         recipe.main([str(data), "--quick", "--out", str(tmp_path), "--evaluate-only"])
+
+
+def test_submission_is_a_float32_stack_of_interior_probabilities(tmp_path, monkeypatch, tiny_unet):
+    images = tmp_path / "test" / "image"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in (1, 0, 2):  # numbered like the challenge's test slices, written out of order
+        Image.fromarray(rng.integers(0, 255, (60, 52), dtype=np.uint8)).save(images / f"{i}.png")
+    monkeypatch.setattr(recipe, "TEST_SLICES", range(3))  # the real recipe writes 30 pages
+    model = tiny_unet(num_classes=2)
+    out = recipe.write_submission(model, {"mean": [0.5], "std": [0.2]}, images, tmp_path / "s.tif")
+    with tifffile.TiffFile(out) as tif:
+        assert len(tif.pages) == 3 and tif.is_imagej
+        stack = tif.asarray()
+    assert stack.shape == (3, 60, 52) and stack.dtype == np.float32
+    assert stack.min() >= 0 and stack.max() <= 1
+    monkeypatch.setattr(recipe, "TEST_SLICES", range(4))
+    with pytest.raises(SystemExit, match=r"3.png not found; --submission needs the 30 test"):
+        recipe.write_submission(model, {"mean": [0.5], "std": [0.2]}, images, tmp_path / "t.tif")

@@ -144,3 +144,11 @@ def test_demo_quick(tmp_path, capsys):
     for name in ("overlay.png", "weight_map.png", "curves.png", "metrics.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert "touching_pairs_separated" in capsys.readouterr().out
+    for name in ("overlay_two_class.png", "overlay_three_class.png"):  # a colour per object
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    for pipeline in ("two-class", "three-class"):
+        assert {"accuracy@0.5", "f1@0.5", "accuracy@0.75", "dsb_score", "merges"} <= set(
+            metrics[pipeline]
+        )
+        assert metrics[pipeline]["postprocessing"]["target"] == pipeline

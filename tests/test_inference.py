@@ -6,19 +6,34 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 from PIL import Image
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+from torch import nn
 
 import pixelwise
-from pixelwise import instances, report, tiling
-from pixelwise.data import read_image, to_chw_float
+from pixelwise import cli, instances, report, tiling
+from pixelwise.data import read_image, to_chw_float, voc_palette
 from pixelwise.distributed import distributed_context, select_device
-from pixelwise.inference import NormalizedImage, expand_inputs, output_names, predict_files
+from pixelwise.inference import (
+    NormalizedImage,
+    expand_inputs,
+    instance_dtype,
+    objects_in_blocks,
+    output_names,
+    predict_files,
+)
+from pixelwise.inference.blocks import object_rles, object_rows
+from pixelwise.inference.outputs import Outputs
+from pixelwise.instances import PostProcessing, object_scores, objects_from_probabilities
 from pixelwise.models import UNet
+from pixelwise.synthetic import touching_cells
 from pixelwise.tiling import PredictOptions
 
 NORM = {"mean": [0.45], "std": [0.1], "scale": 1 / 255}
@@ -432,3 +447,358 @@ def test_every_output_is_0644_under_umask_022(
     assert {p.relative_to(tmp_path).as_posix() for p in summary.written} == expected
     for path in summary.written:
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+# --------------------------------------------------------------------------------------------
+# Instance models: predict_files(instances=True), `pixelwise predict --instances`
+# --------------------------------------------------------------------------------------------
+
+
+def _instance_model() -> UNet:
+    """Tiny three-class U-Net whose random weights make tens of objects of the good images."""
+    torch.manual_seed(3)
+    return UNet(1, 3, base_channels=4, depth=3).eval()
+
+
+@pytest.fixture(scope="module")
+def instance_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "instance.safetensors"
+    pixelwise.save(
+        _instance_model(),
+        path,
+        normalization=NORM,
+        target="three-class",
+        postprocessing=PostProcessing().to_dict(),
+        class_names=["background", "interior", "boundary"],
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def instance_run(instance_checkpoint: Path, good_folder: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("instances")
+    previous = os.umask(0o022)
+    try:
+        summary = predict_files(
+            instance_checkpoint, [good_folder], out, instances=True, device="cpu", log=None
+        )
+    finally:
+        os.umask(previous)
+    return out, summary
+
+
+def _segment(checkpoint: Path, folder: Path, name: str, **kwargs) -> pixelwise.Segmentation:
+    file, page = GOOD[name]
+    segmenter = pixelwise.Segmenter.from_checkpoint(checkpoint, device="cpu", **kwargs)
+    return segmenter.predict(read_image(folder / file, page=page))
+
+
+def test_instances_files_are_the_segmenter_objects(
+    instance_run, instance_checkpoint: Path, good_folder: Path
+) -> None:
+    out, summary = instance_run
+    assert summary.ok and summary.images == len(GOOD)
+    expected_files = set()
+    for name in GOOD:
+        expected_files |= {
+            out / f"{name}.png",
+            out / "instances" / f"{name}.tif",
+            out / "objects" / f"{name}.csv",
+            out / "objects" / f"{name}.json",
+        }
+    assert set(summary.written) == expected_files
+    for path in summary.written:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert _temp_files(out) == []
+    total = 0
+    for name in GOOD:
+        result = _segment(instance_checkpoint, good_folder, name)
+        stored = tifffile.imread(out / "instances" / f"{name}.tif")
+        assert stored.dtype == np.uint16
+        np.testing.assert_array_equal(stored, result.instances)
+        total += int(stored.max())
+        with open(out / "objects" / f"{name}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == stored.max()
+        assert [int(r["id"]) for r in rows] == list(range(1, len(rows) + 1))
+        assert {r["class"] for r in rows} <= {"1"}
+        np.testing.assert_allclose([float(r["mean_probability"]) for r in rows], result.scores)
+        coco = json.loads((out / "objects" / f"{name}.json").read_text())
+        assert coco["categories"] == [{"id": 1, "name": "object"}]
+        scores = np.array([a["score"] for a in coco["annotations"]])
+        assert ((scores >= 0) & (scores <= 1)).all()
+        np.testing.assert_allclose(scores, object_scores(result.probabilities, stored), rtol=1e-12)
+        for a in coco["annotations"]:
+            np.testing.assert_array_equal(_rle_mask(a["segmentation"]), stored == a["id"])
+    assert total >= 50  # the checks above are not vacuous
+
+
+def test_objects_of_an_instance_model_are_its_instances(
+    instance_run, instance_checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    """--objects alone lists the same objects as --instances, without the label images."""
+    summary = predict_files(
+        instance_checkpoint, [good_folder / "a.png"], tmp_path, objects=True, log=None
+    )
+    assert summary.ok and not (tmp_path / "instances").exists()
+    for suffix in ("csv", "json"):
+        written = (tmp_path / "objects" / f"a.{suffix}").read_text()
+        assert written == (instance_run[0] / "objects" / f"a.{suffix}").read_text()
+
+
+def test_instances_of_a_semantic_model_fail_before_any_work(
+    checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError) as info:
+        predict_files(checkpoint, [good_folder], tmp_path, instances=True, log=None)
+    assert str(info.value) == (
+        f"checkpoint {checkpoint} is not an instance model (no target in its metadata); train "
+        "with --instances, or use --objects for connected components"
+    )
+    with pytest.raises(ValueError, match="pass postprocessing=PostProcessing"):
+        predict_files(_model(), [good_folder], tmp_path, instances=True, log=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_postprocessing_override_changes_the_objects(
+    instance_run, instance_checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    larger = PostProcessing(min_size=40)
+    summary = predict_files(
+        instance_checkpoint,
+        [good_folder / "a.png"],
+        tmp_path,
+        instances=True,
+        postprocessing=larger,
+        device="cpu",
+        log=None,
+    )
+    assert summary.ok
+    stored = tifffile.imread(tmp_path / "instances" / "a.tif")
+    default = tifffile.imread(instance_run[0] / "instances" / "a.tif")
+    assert 0 < stored.max() < default.max()
+    result = _segment(instance_checkpoint, good_folder, "a", postprocessing=larger)
+    np.testing.assert_array_equal(stored, result.instances)
+
+
+def test_cli_predict_instances_flags(
+    instance_checkpoint: Path,
+    checkpoint: Path,
+    good_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    argv = ["predict", str(instance_checkpoint), str(good_folder / "a.png"), "--out", str(out)]
+    flags = ["--instances", "--device", "cpu", "--no-progress"]
+    assert cli.main([*argv, *flags, "--min-size", "40", "--mask-threshold", "0.4"]) == 0
+    expected = PostProcessing(min_size=40, mask_threshold=0.4)
+    result = _segment(instance_checkpoint, good_folder, "a", postprocessing=expected)
+    np.testing.assert_array_equal(tifffile.imread(out / "instances" / "a.tif"), result.instances)
+    capsys.readouterr()
+
+    semantic = ["predict", str(checkpoint), str(good_folder / "a.png"), "--out", str(out / "s")]
+    assert cli.main([*semantic, "--instances"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: checkpoint {checkpoint} is not an instance model (no target in its metadata); "
+        "train with --instances, or use --objects for connected components\n"
+    )
+    assert cli.main([*semantic, "--objects", "--seed-threshold", "0.6"]) == 2
+    assert "--seed-threshold: checkpoint" in capsys.readouterr().err
+    assert cli.main([*argv, "--instances", "--mask-threshold", "1.5"]) == 2
+    assert "mask_threshold must be a probability in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (out / "s").exists()
+
+
+def test_instance_maps_above_65535_objects_are_uint32(tmp_path: Path) -> None:
+    assert instance_dtype(65535) is np.uint16 and instance_dtype(65536) is np.uint32
+    outputs = Outputs(
+        out_dir=tmp_path,
+        num_classes=3,
+        palette=voc_palette(3),
+        instances=True,
+        postprocessing=PostProcessing(),
+    )
+    objects = np.arange(1, 280 * 250 + 1, dtype=np.int32).reshape(280, 250)  # 70,000 objects
+    labels = np.ones(objects.shape, np.uint8)
+    probs = np.zeros((3, *objects.shape), np.float32)
+    scores = np.full(objects.max(), 0.5)
+    outputs.write(
+        "many", labels, labels, probs, file_name="many.png", objects=objects, scores=scores
+    )
+    stored = tifffile.imread(tmp_path / "instances" / "many.tif")
+    assert stored.dtype == np.uint32
+    np.testing.assert_array_equal(stored, objects)
+
+
+# --------------------------------------------------------------------------------------------
+# Streamed instances: post-processing in overlapping blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _cell_probabilities(shape: tuple[int, int], n_cells: int, seed: int) -> np.ndarray:
+    """(3, H, W) float32 three-class probabilities (background, interior, boundary) of a dense
+    sheet of touching synthetic cells (radius 6-14 px), blurred and noisy."""
+    rng = np.random.default_rng(seed)
+    _, cells = touching_cells(shape, radius=(6, 14), touching=0.9, n_cells=n_cells, rng=seed)
+    boundary = find_boundaries(cells, mode="inner") & (cells > 0)
+    onehot = np.stack([cells == 0, (cells > 0) & ~boundary, boundary]).astype(np.float64)
+    logits = 4 * ndimage.gaussian_filter(onehot, (0, 1, 1)) + rng.normal(0, 0.15, onehot.shape)
+    e = np.exp(logits - logits.max(axis=0))
+    return (e / e.sum(axis=0)).astype(np.float32)
+
+
+def _in_blocks(probs: np.ndarray, params: PostProcessing, block_size: int, overlap: int):
+    held: list[np.ndarray] = []
+
+    def out(count: int) -> np.ndarray:
+        held.append(np.zeros(probs.shape[1:], instance_dtype(count)))
+        return held[0]
+
+    scratch = np.zeros(probs.shape[1:], np.uint32)
+    made = objects_in_blocks(
+        probs, params, scratch=scratch, out=out, block_size=block_size, overlap=overlap
+    )
+    return held[0], made
+
+
+def _crossing_seams(objects: np.ndarray, block_size: int) -> int:
+    """Objects whose box spans a boundary between core blocks."""
+    count = 0
+    for box in ndimage.find_objects(objects):
+        rows, cols = box
+        count += (rows.start // block_size != (rows.stop - 1) // block_size) or (
+            cols.start // block_size != (cols.stop - 1) // block_size
+        )
+    return count
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("block_size", "overlap"), [(64, 40), (50, 60)])
+@pytest.mark.parametrize("exclude_border", [False, True])
+def test_objects_in_blocks_equal_the_whole_image_objects(
+    seed: int, block_size: int, overlap: int, exclude_border: bool
+) -> None:
+    """A dense sheet of ~280 touching cells (up to ~50 px across, in one or two connected
+    foreground regions) cut into 20-30 blocks: the objects equal the whole-image ones, ids
+    included (objects up to overlap / 2 across suffice; these are larger, and still exact)."""
+    probs = _cell_probabilities((300, 260), 300, seed)
+    params = PostProcessing(fill_holes=False, min_size=10, exclude_border=exclude_border)
+    whole = objects_from_probabilities(probs, params)
+    assert whole.max() >= 200 and _crossing_seams(whole, block_size) >= 50  # not vacuous
+    streamed, made = _in_blocks(probs, params, block_size, overlap)
+    assert (made.count, made.cut, made.conflicts) == (whole.max(), 0, 0)
+    np.testing.assert_array_equal(streamed, whole)
+
+
+def test_objects_in_blocks_with_holes_filled_per_object() -> None:
+    probs = _cell_probabilities((300, 260), 300, 0)
+    params = PostProcessing(min_size=10)  # fill_holes=True
+    streamed, _ = _in_blocks(probs, params, 50, 60)
+    np.testing.assert_array_equal(streamed, objects_from_probabilities(probs, params))
+
+
+def test_objects_larger_than_the_overlap_are_counted_as_cut() -> None:
+    probs = _cell_probabilities((300, 260), 300, 0)
+    params = PostProcessing(fill_holes=False, min_size=10)
+    _, made = _in_blocks(probs, params, 37, 16)
+    assert made.cut > 0
+
+
+def test_streamed_tables_equal_the_whole_map_tables() -> None:
+    probs = _cell_probabilities((192, 176), 150, 3)
+    params = PostProcessing(fill_holes=False, min_size=10)
+    objects, made = _in_blocks(probs, params, 48, 40)
+    assert made.count >= 50
+    rows = object_rows(objects, probs, made.count)
+    table = instances.object_table(objects)
+    assert [(r["id"], r["area"], r["bbox"], r["centroid"]) for r in rows] == [
+        (t["id"], t["area"], t["bbox"], t["centroid"]) for t in table
+    ]
+    assert {r["class"] for r in rows} == {1}
+    np.testing.assert_allclose(
+        [r["mean_probability"] for r in rows], object_scores(probs, objects), rtol=1e-12
+    )
+    coco = instances.to_coco(objects, image_id=1, file_name="x")
+    assert object_rles(objects, rows) == [a["segmentation"] for a in coco["annotations"]]
+
+
+class _LogitsAsInput(nn.Module):
+    """Returns its input as logits: an image of K log-probabilities is predicted as those
+    probabilities. Geometry of a same-size network without pooling (stride 1, margin 0)."""
+
+    stride = 1
+    margin = receptive_radius = 0
+    hparams: ClassVar[dict[str, int]] = {"in_channels": 3, "num_classes": 3}
+
+    def output_size(self, n: int) -> int:
+        return n
+
+    def input_size(self, m: int) -> int:
+        return m
+
+    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
+        return list(range(max(lo, 1), hi + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("probs", [True, False])
+def test_streamed_instances_equal_the_whole_image_instances(tmp_path: Path, probs: bool) -> None:
+    """predict_files above stream_pixels (48² px blocks with 40 px of context): the instance
+    map is objects_from_probabilities of the whole probability map, and the tables are those
+    of the in-memory run."""
+    cells = _cell_probabilities((192, 176), 150, 3)  # (3, H, W)
+    log_probs = np.log(np.moveaxis(cells, 0, -1))  # (H, W, 3)
+    tifffile.imwrite(tmp_path / "cells.tif", log_probs, photometric="rgb")
+    params = PostProcessing(fill_holes=False, min_size=10)
+    common = dict(
+        instances=True,
+        postprocessing=params,
+        options=PredictOptions(tile_size=64, device="cpu"),
+        log=None,
+    )
+    whole = predict_files(_LogitsAsInput(), [tmp_path / "cells.tif"], tmp_path / "w", **common)
+    previous = os.umask(0o022)
+    try:
+        streamed = predict_files(
+            _LogitsAsInput(),
+            [tmp_path / "cells.tif"],
+            tmp_path / "s",
+            probs=probs,
+            stream_pixels=48 * 48,
+            block_overlap=40,
+            **common,
+        )
+    finally:
+        os.umask(previous)
+    assert whole.ok and streamed.ok and streamed.notes == []
+    expected = {"cells.tif", "instances/cells.tif", "objects/cells.csv", "objects/cells.json"}
+    expected |= {"probs/cells.tif"} if probs else set()
+    assert {p.relative_to(tmp_path / "s").as_posix() for p in streamed.written} == expected
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in streamed.written)
+    assert _temp_files(tmp_path / "s") == []  # the scratch files are gone
+    objects = tifffile.imread(tmp_path / "s" / "instances" / "cells.tif")
+    assert objects.dtype == np.uint16 and objects.max() >= 50
+    if probs:
+        stored = tifffile.imread(tmp_path / "s" / "probs" / "cells.tif")
+        np.testing.assert_array_equal(objects, objects_from_probabilities(stored, params))
+    np.testing.assert_array_equal(objects, tifffile.imread(tmp_path / "w/instances/cells.tif"))
+    with open(tmp_path / "s/objects/cells.csv") as a, open(tmp_path / "w/objects/cells.csv") as b:
+        rows, reference = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert len(rows) == objects.max()
+    for row, ref in zip(rows, reference, strict=True):
+        assert {k: v for k, v in row.items() if k != "mean_probability"} == {
+            k: v for k, v in ref.items() if k != "mean_probability"
+        }
+        assert float(row["mean_probability"]) == pytest.approx(float(ref["mean_probability"]))
+    coco = json.loads((tmp_path / "s/objects/cells.json").read_text())
+    coco_whole = json.loads((tmp_path / "w/objects/cells.json").read_text())
+    assert [a["segmentation"] for a in coco["annotations"]] == [
+        a["segmentation"] for a in coco_whole["annotations"]
+    ]
+    assert coco["images"] == coco_whole["images"] and coco["categories"] == coco_whole["categories"]
+    np.testing.assert_allclose(
+        [a["score"] for a in coco["annotations"]], [a["score"] for a in coco_whole["annotations"]]
+    )

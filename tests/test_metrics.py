@@ -15,15 +15,18 @@ from scipy import ndimage
 from pixelwise import metrics
 from pixelwise.metrics import (
     ConfusionMatrix,
+    adapted_rand_error,
+    adapted_rand_scores,
+    classic_warping_error,
+    classic_warping_scores,
     confusion_matrix,
     match_instances,
-    pixel_error,
-    rand_error,
-    rand_scores,
+    pixel_disagreement,
+    pool_matches,
     segmentation_scores,
-    warping_error,
-    warping_scores,
 )
+from pixelwise.metrics.isbi_topology import simple_point_table
+from pixelwise.metrics.objects import matched_pairs, panoptic_quality
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -205,29 +208,29 @@ def cell_image():
     return img
 
 
-def test_pixel_error_hand_and_conventions():
+def test_pixel_disagreement_hand_and_conventions():
     gt = cell_image()
     pred = gt.copy()
     pred[1, 1:5] = False  # four interior pixels called membrane
-    assert pixel_error(pred, gt) == 4 / 100
+    assert pixel_disagreement(pred, gt) == 4 / 100
     gt_isbi = np.where(gt, 255, 0).astype(np.uint8)  # ISBI label file convention
-    assert pixel_error(pred, gt_isbi) == 4 / 100
+    assert pixel_disagreement(pred, gt_isbi) == 4 / 100
     probs = np.where(pred, 0.9, 0.2)
-    assert pixel_error(probs, gt) == 4 / 100
-    assert pixel_error(probs, gt, thresholds=(0.95,)) == 64 / 100
+    assert pixel_disagreement(probs, gt) == 4 / 100
+    assert pixel_disagreement(probs, gt, thresholds=(0.95,)) == 64 / 100
     # probabilities: the minimum over the 0.1..0.9 sweep, as the challenge's evaluation
     timid = np.where(gt, 0.4, 0.05)  # right ranking, but below 0.5 everywhere
-    assert pixel_error(timid, gt, thresholds=(0.5,)) == 64 / 100  # 1 - pixel accuracy at 0.5
-    assert pixel_error(timid, gt) == 0.0  # t = 0.1 .. 0.3 separate the classes
-    assert pixel_error(probs, gt) == 4 / 100  # t = 0.1 would cost 36; 0.2 .. 0.8 cost 4
+    assert pixel_disagreement(timid, gt, thresholds=(0.5,)) == 64 / 100  # 1 - pixel accuracy at 0.5
+    assert pixel_disagreement(timid, gt) == 0.0  # t = 0.1 .. 0.3 separate the classes
+    assert pixel_disagreement(probs, gt) == 4 / 100  # t = 0.1 would cost 36; 0.2 .. 0.8 cost 4
     with pytest.raises(ValueError, match="thresholds must not be empty"):
-        pixel_error(probs, gt, thresholds=())
+        pixel_disagreement(probs, gt, thresholds=())
     with pytest.raises(ValueError, match=r"found range \[0.0, 1.5\]; apply a sigmoid"):
-        pixel_error(np.where(pred, 1.5, 0.0), gt)
+        pixel_disagreement(np.where(pred, 1.5, 0.0), gt)
     with pytest.raises(ValueError, match=r"same shape, got pred \(10, 9\) and gt \(10, 10\)"):
-        pixel_error(pred[:, :9], gt)
+        pixel_disagreement(pred[:, :9], gt)
     with pytest.raises(ValueError, match=r"2-D \(H, W\) map, got shape \(1, 10, 10\)"):
-        pixel_error(pred[None], gt)
+        pixel_disagreement(pred[None], gt)
 
 
 def random_blobs(rng, shape=(48, 48), sigma=1.5):
@@ -235,40 +238,44 @@ def random_blobs(rng, shape=(48, 48), sigma=1.5):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_rand_error_matches_skimage(seed):
-    adapted_rand_error = pytest.importorskip("skimage.metrics").adapted_rand_error
+def test_adapted_rand_error_matches_skimage(seed):
+    skimage_adapted_rand_error = pytest.importorskip("skimage.metrics").adapted_rand_error
     rng = np.random.default_rng(seed)
     gt, pred = random_blobs(rng), random_blobs(rng)
     gt_seg, _ = ndimage.label(gt, FOUR)
     pred_seg, _ = ndimage.label(pred, FOUR)
     # "segment": predicted membrane is one segment, exactly skimage on the two label maps.
-    expected = adapted_rand_error(gt_seg, pred_seg)[0]
-    assert rand_error(pred, gt, pred_background="segment") == pytest.approx(expected, abs=1e-12)
+    expected = skimage_adapted_rand_error(gt_seg, pred_seg)[0]
+    assert adapted_rand_error(pred, gt, pred_background="segment") == pytest.approx(
+        expected, abs=1e-12
+    )
     # default "singletons": skimage with every predicted membrane pixel given its own label.
     singles = pred_seg.copy()
     background = singles == 0
     singles[background] = pred_seg.max() + 1 + np.arange(np.count_nonzero(background))
-    expected = adapted_rand_error(gt_seg, singles)[0]
-    assert rand_error(pred, gt) == pytest.approx(expected, abs=1e-12)
+    expected = skimage_adapted_rand_error(gt_seg, singles)[0]
+    assert adapted_rand_error(pred, gt) == pytest.approx(expected, abs=1e-12)
 
 
-def test_rand_error_hand_cases():
+def test_adapted_rand_error_hand_cases():
     gt = cell_image()
-    assert rand_error(gt, gt) == 0.0
+    assert adapted_rand_error(gt, gt) == 0.0
     # Worked example of the docstring: a 1x5 cell cut in the middle -> 2/3.
-    assert rand_error(np.array([[1, 1, 0, 1, 1]]), np.ones((1, 5), bool)) == pytest.approx(2 / 3)
+    assert adapted_rand_error(np.array([[1, 1, 0, 1, 1]]), np.ones((1, 5), bool)) == pytest.approx(
+        2 / 3
+    )
     # Cut the 8 x 8 cell with a membrane column: segments of 24 and 32 pixels + 8 singletons.
     cut = gt.copy()
     cut[:, 4] = False
     pairs_gt, pairs_pred = 64 * 63, 24 * 23 + 32 * 31
     expected = 1 - 2 * pairs_pred / (pairs_gt + pairs_pred)
-    scores = rand_scores(cut, gt)
+    scores = adapted_rand_scores(cut, gt)
     assert scores["rand_error"] == pytest.approx(expected, abs=1e-12)
     assert scores["v_rand_merge"] == 1.0  # a split, no merge
     assert scores["v_rand_split"] == pytest.approx(pairs_pred / pairs_gt)
 
 
-def test_rand_error_sweeps_probability_thresholds():
+def test_adapted_rand_error_sweeps_probability_thresholds():
     gt = np.zeros((10, 21), dtype=bool)
     gt[1:9, 1:10] = gt[1:9, 11:20] = True  # two cells separated by membrane column 10
     probs = np.where(gt, 0.9, 0.05)
@@ -276,11 +283,11 @@ def test_rand_error_sweeps_probability_thresholds():
     probs[0, :] = probs[-1, :] = probs[:, 0] = probs[:, -1] = 0.05
     # At 0.5 both cells (8 x 9 = 72 px each) form one predicted segment of 144 gt pixels.
     pairs_gt, pairs_pred = 2 * 72 * 71, 144 * 143
-    merged = rand_error(probs, gt, thresholds=(0.5,))
+    merged = adapted_rand_error(probs, gt, thresholds=(0.5,))
     assert merged == pytest.approx(1 - 2 * pairs_gt / (pairs_gt + pairs_pred), abs=1e-12)
-    scores = rand_scores(probs, gt)
+    scores = adapted_rand_scores(probs, gt)
     assert scores["rand_error"] == 0.0 and scores["threshold"] == 0.6
-    assert rand_error(probs, gt) == 0.0
+    assert adapted_rand_error(probs, gt) == 0.0
 
 
 # ---------------------------------------------------------------- ISBI: warping error
@@ -289,13 +296,13 @@ def test_rand_error_sweeps_probability_thresholds():
 def yokoi_simple(code):
     """Independent test: Yokoi's 4-connectivity number N_c4 == 1 (neighbours from the east,
     counter-clockwise)."""
-    ring = [(code >> bit) & 1 for bit in range(8)]  # metrics.isbi._RING order: NW N NE E SE S SW W
+    ring = [(code >> bit) & 1 for bit in range(8)]  # isbi_topology.RING order: NW N NE E SE S SW W
     x = [ring[i] for i in (3, 2, 1, 0, 7, 6, 5, 4)]  # E NE N NW W SW S SE
     return sum(x[k] - x[k] * x[(k + 1) % 8] * x[(k + 2) % 8] for k in (0, 2, 4, 6)) == 1
 
 
 def test_simple_point_table_matches_yokoi():
-    lut = metrics.isbi._simple_lut()
+    lut = simple_point_table()
     assert lut.shape == (256,)
     assert [bool(v) for v in lut] == [yokoi_simple(c) for c in range(256)]
     assert not lut[0]  # isolated pixel
@@ -313,35 +320,35 @@ def components(mask):
 def test_warp_preserves_topology(seed):
     rng = np.random.default_rng(seed)
     gt, pred = random_blobs(rng), random_blobs(rng)
-    result = warping_scores(pred, gt)
+    result = classic_warping_scores(pred, gt)
     warped = result["warped_gt"]
     assert components(warped) == components(gt)
     assert np.array_equal(result["error_mask"], warped != pred)
     assert result["warping_error"] == np.count_nonzero(warped != pred) / gt.size
-    assert result["warping_error"] < pixel_error(pred, gt)
+    assert result["warping_error"] < pixel_disagreement(pred, gt)
 
 
-def test_warping_error_hand_cases():
+def test_classic_warping_error_hand_cases():
     gt = cell_image()
-    assert warping_error(gt, gt) == 0.0
+    assert classic_warping_error(gt, gt) == 0.0
     # Boundary moved by one pixel (cell one pixel wider): no topological change.
     wider = gt.copy()
     wider[1:9, 9] = True
-    assert pixel_error(wider, gt) == 8 / 100
-    assert warping_error(wider, gt) == 0.0
+    assert pixel_disagreement(wider, gt) == 8 / 100
+    assert classic_warping_error(wider, gt) == 0.0
     # Cell cut in two: all of the cut but its last pixel can be warped; that one cannot.
     cut = gt.copy()
     cut[:, 4] = False
-    assert warping_error(cut, gt) == 1 / 100
-    assert rand_error(cut, gt) > 0.0
+    assert classic_warping_error(cut, gt) == 1 / 100
+    assert adapted_rand_error(cut, gt) > 0.0
     # Two cells merged by deleting the 1-pixel membrane between them: filling any pixel of it
     # would join the cells, so none is simple and all 8 stay errors.
     two = np.zeros((10, 21), dtype=bool)
     two[1:9, 1:10] = two[1:9, 11:20] = True
     merged = two.copy()
     merged[1:9, 10] = True
-    assert warping_error(merged, two) == 8 / two.size
-    assert rand_error(merged, two) > 0.0
+    assert classic_warping_error(merged, two) == 8 / two.size
+    assert adapted_rand_error(merged, two) > 0.0
 
 
 ISBI_LABEL = Path(__file__).resolve().parents[1].parent / "shared/data/isbi2012/train/label/0.png"
@@ -351,14 +358,27 @@ ISBI_LABEL = Path(__file__).resolve().parents[1].parent / "shared/data/isbi2012/
 def test_isbi_label_conventions_on_real_data():
     label = np.array(Image.open(ISBI_LABEL))  # 255 = interior, 0 = membrane
     assert set(np.unique(label)) == {0, 255}
-    assert pixel_error(label, label) == rand_error(label, label) == warping_error(label, label) == 0
+    assert (
+        pixel_disagreement(label, label)
+        == adapted_rand_error(label, label)
+        == classic_warping_error(label, label)
+        == 0
+    )
     # Membranes one pixel thicker: many pixel errors, but almost no topological ones.
     interior = label == 255
     thinner = ndimage.binary_erosion(interior, FOUR, border_value=1)
-    assert pixel_error(thinner, label) == np.count_nonzero(thinner != interior) / label.size
-    assert pixel_error(thinner, label) > 0.03
-    assert warping_error(thinner, label) < pixel_error(thinner, label) / 50
-    assert 0 < rand_error(thinner, label) < 0.2
+    assert pixel_disagreement(thinner, label) == np.count_nonzero(thinner != interior) / label.size
+    assert pixel_disagreement(thinner, label) > 0.03
+    assert classic_warping_error(thinner, label) < pixel_disagreement(thinner, label) / 50
+    assert 0 < adapted_rand_error(thinner, label) < 0.2
+
+
+def test_old_isbi_names_keep_their_behaviour():
+    # evaluate and benchmarks/metrics.py still call these; they are the per-image variants.
+    assert metrics.pixel_error is pixel_disagreement
+    assert metrics.rand_error is adapted_rand_error and metrics.rand_scores is adapted_rand_scores
+    assert metrics.warping_error is classic_warping_error
+    assert metrics.warping_scores is classic_warping_scores
 
 
 # ---------------------------------------------------------------- instances
@@ -368,7 +388,8 @@ def square(img, y, x, side, value):
     img[y : y + side, x : x + side] = value
 
 
-def test_match_instances_hand_built_ap():
+def hand_example() -> tuple[np.ndarray, np.ndarray]:
+    """(pred, gt): at IoU 0.5, TP 2 (IoU 1 and 2/3), FP 1, FN 1."""
     gt = np.zeros((100, 100), dtype=np.int32)
     pred = np.zeros_like(gt)
     square(gt, 5, 5, 20, 1)
@@ -377,6 +398,11 @@ def test_match_instances_hand_built_ap():
     square(pred, 5, 5, 20, 7)  # perfect match, IoU 1
     square(pred, 5, 54, 20, 9)  # shifted 4 px: IoU = 16*20 / (24*20) = 2/3
     square(pred, 60, 60, 10, 4)  # false positive
+    return pred, gt
+
+
+def test_match_instances_hand_built_ap():
+    pred, gt = hand_example()
     result = match_instances(pred, gt)
     json.dumps(result)
     assert result["n_pred"] == 3 and result["n_gt"] == 3
@@ -434,3 +460,145 @@ def test_match_instances_empty_and_errors():
         match_instances(gt.astype(float), gt)
     with pytest.raises(ValueError, match=r"IoU values in \(0, 1\]"):
         match_instances(gt, gt, thresholds=[0.0])
+
+
+def test_panoptic_quality_hand_computation():
+    pred, gt = hand_example()
+    match = match_instances(pred, gt)
+    pq = panoptic_quality(match)
+    # SQ = (1 + 2/3) / 2, RQ = 2 / (2 + 1/2 + 1/2), PQ = (5/3) / 3
+    assert pq["sq@0.5"] == pytest.approx(5 / 6)
+    assert pq["rq@0.5"] == pytest.approx(2 / 3)
+    assert pq["pq@0.5"] == pytest.approx(5 / 9)
+    # at 0.75 only the perfect pair matches: (1) / (1 + 1 + 1)
+    assert panoptic_quality(match, threshold=0.75)["pq@0.75"] == pytest.approx(1 / 3)
+    # pooled over two images: sums of IoUs and counts, not the mean of the two PQs
+    empty = match_instances(np.zeros_like(gt), gt)  # 3 misses
+    pooled = panoptic_quality([match, empty])
+    assert pooled["pq@0.5"] == pytest.approx((5 / 3) / (2 + 1 / 2 + 4 / 2))
+    assert math.isnan(panoptic_quality(match_instances(gt * 0, gt * 0))["pq@0.5"])
+    with pytest.raises(ValueError, match="was not matched"):
+        panoptic_quality(match_instances(pred, gt, thresholds=[0.6]))
+
+
+def test_matched_pairs_name_the_true_positives():
+    pred, gt = hand_example()
+    pairs = matched_pairs(pred, gt)
+    assert sorted(zip(pairs["gt_ids"].tolist(), pairs["pred_ids"].tolist(), strict=True)) == [
+        (1, 7),
+        (2, 9),
+    ]
+    assert sorted(pairs["iou"].tolist()) == pytest.approx([2 / 3, 1.0])
+    strict = matched_pairs(pred, gt, threshold=0.9)
+    assert strict["pred_ids"].tolist() == [7] and strict["gt_ids"].tolist() == [1]
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        matched_pairs(pred, gt, threshold=1.5)
+
+
+# ---------------------------------------------------------------- StarDist's matching.py
+
+STARDIST_THRESHOLDS = (0.1, 0.3, 0.45, *metrics.DEFAULT_IOU_THRESHOLDS, 1.0)
+
+
+def _random_objects(rng: np.random.Generator, shape: tuple[int, int], n: int) -> np.ndarray:
+    """Rectangles and discs with random (sparse) ids, later ones painted over earlier ones."""
+    labels = np.zeros(shape, np.int64)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(n):
+        value = int(rng.integers(1, 1000))
+        cy, cx = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        if rng.random() < 0.5:
+            h, w = rng.integers(1, shape[0] // 2 + 2), rng.integers(1, shape[1] // 2 + 2)
+            labels[cy : cy + h, cx : cx + w] = value
+        else:
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(1, 40)] = value
+    return labels
+
+
+def _prediction_like(rng: np.random.Generator, gt: np.ndarray) -> np.ndarray:
+    """A prediction of `gt`: shifted, some objects eroded or merged, specks added, renumbered."""
+    pred = np.roll(gt, tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
+    ids = np.unique(pred)[1:]
+    for i in ids[rng.random(ids.size) < 0.3]:
+        eroded = ndimage.binary_erosion(pred == i)
+        pred[(pred == i) & ~eroded] = 0
+    if ids.size >= 2 and rng.random() < 0.3:
+        pred[pred == ids[1]] = ids[0]
+    speck = rng.random(pred.shape) < 0.01
+    pred[speck & (pred == 0)] = 999
+    return np.where(pred > 0, pred * 7 + 3, 0)
+
+
+def _stardist_cases(n: int):
+    for seed in range(n):
+        rng = np.random.default_rng(seed)
+        shape = (int(rng.integers(3, 40)), int(rng.integers(3, 40)))
+        gt = _random_objects(rng, shape, int(rng.integers(0, 12)))
+        if rng.random() < 0.3:
+            pred = _random_objects(rng, shape, int(rng.integers(0, 12)))
+        else:
+            pred = _prediction_like(rng, gt)
+        yield seed, pred, gt
+
+
+def _stardist_ratio(value: float) -> float:
+    """pixelwise's NaN for 0/0 is StarDist's 0."""
+    return 0.0 if math.isnan(value) else value
+
+
+def test_match_instances_agrees_with_stardist_matching():
+    stardist = pytest.importorskip("stardist_matching")  # tests/stardist_matching.py
+    for seed, pred, gt in _stardist_cases(600):
+        ours = match_instances(pred, gt, thresholds=STARDIST_THRESHOLDS)
+        theirs = stardist.matching(gt, pred, thresh=STARDIST_THRESHOLDS)
+        for o, t in zip(ours["per_threshold"], theirs, strict=True):
+            where = f"seed {seed}, IoU {t.thresh}"
+            assert (o["tp"], o["fp"], o["fn"]) == (t.tp, t.fp, t.fn), where
+            assert (ours["n_gt"], ours["n_pred"]) == (t.n_true, t.n_pred), where
+            for mine, key in (("precision", "precision"), ("recall", "recall"),
+                              ("ap", "accuracy"), ("f1", "f1")):  # fmt: skip
+                assert _stardist_ratio(o[mine]) == getattr(t, key), (where, key)
+            # StarDist's IoUs are float32
+            mean = _stardist_ratio(o["mean_matched_iou"])
+            assert mean == pytest.approx(float(t.mean_matched_score), rel=1e-6), where
+            pq = panoptic_quality(ours, threshold=o["threshold"])[f"pq@{o['threshold']:g}"]
+            assert _stardist_ratio(pq) == pytest.approx(float(t.panoptic_quality), rel=1e-6)
+
+
+def test_pooled_scores_agree_with_stardist_matching_dataset():
+    stardist = pytest.importorskip("stardist_matching")
+    cases = list(_stardist_cases(120))
+    for start in range(0, len(cases), 12):  # datasets of 12 images
+        chunk = cases[start : start + 12]
+        matches = [match_instances(p, g) for _, p, g in chunk]
+        pooled = pool_matches(matches)
+        theirs = stardist.matching_dataset(
+            [g for _, _, g in chunk],
+            [p for _, p, _ in chunk],
+            thresh=metrics.DEFAULT_IOU_THRESHOLDS,
+        )
+        for t in theirs:
+            key = f"{t.thresh:g}"
+            assert (pooled[f"tp@{key}"], pooled[f"fp@{key}"], pooled[f"fn@{key}"]) == (
+                t.tp, t.fp, t.fn
+            )  # fmt: skip
+            assert pooled[f"accuracy@{key}"] == pytest.approx(t.accuracy, abs=1e-12)
+            assert pooled[f"f1@{key}"] == pytest.approx(t.f1, abs=1e-12)
+            pq = panoptic_quality(matches, threshold=t.thresh)[f"pq@{key}"]
+            assert pq == pytest.approx(float(t.panoptic_quality), rel=1e-6)
+        assert pooled["dsb_score"] == pytest.approx(np.mean([t.accuracy for t in theirs]))
+
+
+def test_matched_pairs_are_the_counted_matches():
+    for _, pred, gt in _stardist_cases(200):
+        match = match_instances(pred, gt, thresholds=STARDIST_THRESHOLDS)
+        for row in match["per_threshold"]:
+            pairs = matched_pairs(pred, gt, threshold=row["threshold"])
+            assert pairs["pred_ids"].size == row["tp"]
+            assert set(pairs["pred_ids"].tolist()) <= set(np.unique(pred).tolist()) - {0}
+            assert set(pairs["gt_ids"].tolist()) <= set(np.unique(gt).tolist()) - {0}
+            assert len(set(pairs["pred_ids"].tolist())) == row["tp"]
+            for p, g, iou in zip(pairs["pred_ids"], pairs["gt_ids"], pairs["iou"], strict=True):
+                a, b = pred == p, gt == g
+                assert iou == pytest.approx((a & b).sum() / (a | b).sum())
+                assert iou >= row["threshold"]

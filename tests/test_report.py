@@ -15,8 +15,10 @@ from PIL import Image
 
 from pixelwise.data import voc_palette as palette
 from pixelwise.report import (
+    OUTCOME_COLOURS,
     _curves_figure,
     confusion_matrix_png,
+    outcome_overlay,
     overlay,
     plot_curves,
     thumbnail_png,
@@ -66,6 +68,27 @@ def test_overlay_blends_and_draws_contours():
     np.testing.assert_array_equal(wrapped, overlay(image, np.full((8, 8), 1)))
     with pytest.raises(ValueError, match=r"matching the image \(8, 8\), got shape \(4, 4\)"):
         overlay(image, labels[:4, :4])
+
+
+def test_outcome_overlay_colours_hits_false_positives_and_misses():
+    image = np.full((20, 30), 50, dtype=np.uint8)
+    gt = np.zeros((20, 30), dtype=np.int64)
+    gt[2:8, 2:8], gt[2:8, 20:26] = 1, 2  # gt 2 is missed
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:8] = 5  # matches gt 1
+    pred[12:18, 2:8] = 6  # false positive
+    pred[12:18, 8:14] = 7  # touches 6: its own contour
+    tp, fp, miss = (tuple(c) for c in OUTCOME_COLOURS.values())
+    out = outcome_overlay(image, pred, gt, matched_pred=np.array([5]), matched_gt=np.array([1]))
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert tuple(out[2, 2]) == tp and tuple(out[12, 2]) == fp  # contours, opaque
+    assert tuple(out[2, 20]) == miss and tuple(out[4, 22]) == (50, 50, 50)  # miss: outline only
+    assert tuple(out[15, 7]) == fp and tuple(out[15, 8]) == fp  # the line between 6 and 7
+    inside = np.round(0.75 * 50 + 0.25 * np.array(tp, float)).astype(np.uint8)
+    assert tuple(out[4, 4]) == tuple(inside)  # tinted inside
+    assert tuple(out[0, 0]) == (50, 50, 50)  # background untouched
+    with pytest.raises(ValueError, match="same"):
+        outcome_overlay(image, pred, gt[:5], matched_pred=[], matched_gt=[])
 
 
 def test_thumbnail_png_sizes():
@@ -186,6 +209,32 @@ def test_write_report_content_and_order(tmp_path):
     ).read_text()
     assert card_order(page2)[:2] == ["img_3.png", "img_2.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_write_report_notes_tables_legend_and_undefined_scores(tmp_path):
+    rows = make_rows(3)
+    for row, accuracy in zip(rows, [0.8, float("nan"), 0.2], strict=True):
+        row["accuracy@0.5"] = accuracy
+    page = write_report(
+        tmp_path,
+        summary={"f1@0.5": 0.5},
+        rows=rows,
+        title="objects",
+        sort_key="accuracy@0.5",
+        notes=["Objects: <connected components>."],
+        tables={"per IoU": [{"IoU": "0.5", "tp": 3, "f1": 0.5}, {"IoU": "0.9", "tp": 1}]},
+        legend=OUTCOME_COLOURS,
+    ).read_text()
+    assert card_order(page) == ["img_2.png", "img_0.png", "img_1.png"]  # NaN last
+    assert '<p class="note">Objects: &lt;connected components&gt;.</p>' in page
+    assert "<tr><th>IoU</th><th>tp</th><th>f1</th></tr>" in page
+    assert "<tr><td>0.9</td><td>1</td><td>None</td></tr>" in page  # a missing cell
+    assert all(name in page for name in OUTCOME_COLOURS)
+    assert "background: rgb(0, 200, 0)" in page
+    # every row NaN: still a page (undefined scores are not a misnamed key)
+    for row in rows:
+        row["accuracy@0.5"] = float("nan")
+    write_report(tmp_path, summary={}, rows=rows, title="t", sort_key="accuracy@0.5")
 
 
 def test_write_report_rejects_bad_input(tmp_path):

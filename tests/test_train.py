@@ -1,5 +1,6 @@
 """Training: exact resume, DDP equivalence, patches, configuration, logs."""
 
+import dataclasses
 import itertools
 import os
 import socket
@@ -309,3 +310,241 @@ def test_every_option_has_its_help_in_the_config_and_the_cli_shows_it(capsys):
     for name in ("patch_size", "max_minutes", "log_every", "weighted"):
         assert "".join(helps[name].split()) in shown
     assert "(default:128)" in shown and "--no-augment" in shown
+
+
+# --------------------------------------------------------------------------------------------
+# Instance runs: targets, object scores, tuning, instance defaults
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    from pixelwise.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("cells") / "data", 6, (64, 64), seed=0)
+
+
+def _instance_cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=str(data),
+        out=str(out),
+        instances=True,
+        target="three-class",
+        model_args=dict(base_channels=4, depth=3),  # + the instance padding and batch norm
+        steps=6,
+        batch_size=2,
+        patch_size=32,
+        val_every=2,
+        seed=3,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def _silent(_message: str) -> None:
+    pass
+
+
+def test_instance_run_records_target_object_scores_and_tuned_postprocessing(cells, tmp_path):
+    import csv
+
+    from pixelwise.instances import PostProcessing, postprocessing_from_metadata
+
+    messages = []
+    result = train(_instance_cfg(cells, tmp_path / "run"), progress=False, log=messages.append)
+    best = pixelwise.read_metadata(result.out / "best.safetensors")
+    assert best["target"] == "three-class"
+    assert best["class_names"] == ["background", "interior", "boundary"]
+    assert pixelwise.load(result.out / "best.safetensors").hparams["num_classes"] == 3
+    tuned = postprocessing_from_metadata(best)
+    assert tuned == PostProcessing.from_dict(best["postprocessing"])
+    assert tuned.target == "three-class"
+    scores = best["postprocessing_scores"]
+    assert 0 <= scores["dsb_score"] <= 1 and "accuracy@0.5" in scores and "f1@0.5" in scores
+    assert scores["dsb_score"] >= best["best"]["val_dsb_score"]  # tuning starts at the defaults
+    last = pixelwise.read_metadata(result.out / "last.safetensors")
+    assert last["target"] == "three-class" and "postprocessing" not in last
+    with open(result.out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["2", "4", "6"]
+    for column in ("val_dsb_score", "val_accuracy_50", "val_f1_50"):
+        assert all(0 <= float(r[column]) <= 1 for r in rows)
+    assert any("objects: DSB score" in m for m in messages)
+    assert any(m.startswith("post-processing tuned on 2 validation images") for m in messages)
+    assert result.best["metric"] == result.best["val_dsb_score"]
+
+
+def test_best_checkpoint_is_chosen_by_the_object_score(cells, tmp_path, monkeypatch):
+    """A scorer returning a known sequence: the best checkpoint is the step of its maximum,
+    and tuning reuses that validation's probabilities instead of predicting again."""
+    import pixelwise.train.objects as objects
+
+    sequence = iter([0.6, 0.2, 0.4])  # steps 2, 4, 6: the first is best
+
+    def scorer(params, probabilities, ground_truth):
+        assert params.target == "three-class" and len(probabilities) == len(ground_truth) == 2
+        assert all(p.shape[0] == 3 for p in probabilities)
+        score = next(sequence)
+        return {"dsb_score": score, "accuracy@0.5": score, "f1@0.5": score}
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("the best validation's probabilities should be reused")
+
+    monkeypatch.setattr(objects, "score_postprocessing", scorer)
+    monkeypatch.setattr(objects, "predict", no_prediction)
+    result = train(_instance_cfg(cells, tmp_path / "run"), progress=False, log=_silent)
+    assert result.best["step"] == 2 and result.best["val_dsb_score"] == 0.6
+    assert [row["val_dsb_score"] for row in result.history] == [0.6, 0.2, 0.4]
+    meta = pixelwise.read_metadata(result.out / "best.safetensors")
+    assert meta["step"] == 2 and "postprocessing" in meta
+
+
+def test_improves_treats_nan_as_worst():
+    from pixelwise.train.loop import _improves
+
+    assert _improves(float("nan"), None)
+    assert _improves(0.1, {"metric": float("nan")})
+    assert not _improves(float("nan"), {"metric": 0.1})
+    assert not _improves(0.1, {"metric": 0.1}) and _improves(0.2, {"metric": 0.1})
+
+
+def test_resumed_instance_run_equals_uninterrupted_run_and_is_tuned(cells, tmp_path):
+    """Border weights with the three-class target; the resumed session tunes by predicting the
+    validation images with the best checkpoint."""
+    cfg = dict(weighted=True, steps=6, val_every=3)
+    whole = train(_instance_cfg(cells, tmp_path / "whole", **cfg), progress=False, log=_silent)
+    first = train(
+        _instance_cfg(cells, tmp_path / "split", **cfg), stop_after=4, progress=False, log=_silent
+    )
+    assert first.step == 4
+    assert "postprocessing" not in pixelwise.read_metadata(tmp_path / "split/best.safetensors")
+    assert pixelwise.read_metadata(tmp_path / "split/last.safetensors")["target"] == "three-class"
+    second = train(
+        _instance_cfg(cells, tmp_path / "split", **cfg), resume=True, progress=False, log=_silent
+    )
+    assert whole.step == second.step == 6
+    a, b = (_weights(tmp_path / p / "last.safetensors") for p in ("whole", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    best = [pixelwise.read_metadata(tmp_path / p / "best.safetensors") for p in ("whole", "split")]
+    assert best[0]["step"] == best[1]["step"]
+    assert best[0]["postprocessing"] == best[1]["postprocessing"]
+    log_whole = (tmp_path / "whole/log.csv").read_text().splitlines()
+    log_split = (tmp_path / "split/log.csv").read_text().splitlines()
+    assert [r.split(",")[:4] for r in log_whole] == [r.split(",")[:4] for r in log_split]
+
+
+def test_instance_run_without_validation_keeps_the_defaults(cells, tmp_path):
+    messages = []
+    cfg = _instance_cfg(cells, tmp_path / "run", val_fraction=0.0, steps=2, target="two-class")
+    result = train(cfg, progress=False, log=messages.append)
+    meta = pixelwise.read_metadata(result.out / "best.safetensors")
+    assert meta["target"] == "two-class" and "postprocessing" not in meta
+    assert meta["class_names"] == ["background", "object"]
+    assert any(m.startswith("no validation images: the post-processing keeps") for m in messages)
+    with open(result.out / "log.csv") as f:
+        assert f.readline().strip().split(",")[8:11] == [
+            "val_dsb_score", "val_accuracy_50", "val_f1_50"
+        ]  # fmt: skip
+
+
+def test_interrupted_instance_run_is_not_tuned(cells, tmp_path):
+    result = train(_instance_cfg(cells, tmp_path / "run"), stop_after=2, progress=False,
+                   log=_silent)  # fmt: skip
+    assert result.step == 2
+    meta = pixelwise.read_metadata(result.out / "best.safetensors")
+    assert meta["target"] == "three-class" and "postprocessing" not in meta
+
+
+def test_instance_defaults_fill_in_what_is_not_given():
+    from pixelwise.train.config import INSTANCE_DEFAULTS, PLAIN_DEFAULTS
+
+    plain = TrainConfig(data="x")
+    assert {k: getattr(plain, k) for k in PLAIN_DEFAULTS} == PLAIN_DEFAULTS
+    assert plain.model_args == {} and plain.target is None
+    objects = TrainConfig(data="x", instances=True)
+    objects.check()
+    for name, value in INSTANCE_DEFAULTS.items():
+        expected = value.get("three-class") if name == "weighted" else value
+        assert getattr(objects, name) == expected, name
+    # explicit options win; model arguments are completed key by key
+    given = TrainConfig(data="x", instances=True, lr=0.05, model_args={"depth": 3}, steps=50)
+    assert given.lr == 0.05 and given.optimizer == INSTANCE_DEFAULTS["optimizer"]
+    assert given.model_args == INSTANCE_DEFAULTS["model_args"] | {"depth": 3}
+    assert given.steps == 50 and given.max_minutes is None  # given steps decide alone
+    timed = TrainConfig(data="x", instances=True, max_minutes=5.0)
+    assert timed.max_minutes == 5.0 and timed.steps == INSTANCE_DEFAULTS["steps"]
+    # the two-class target: from the class count, border weights on; fcn keeps its arguments
+    two = TrainConfig(data="x", instances=True, num_classes=2)
+    assert two.target == "two-class" and two.weighted is True
+    named = TrainConfig(data="x", instances=True, class_names=["bg", "nucleus"], weighted=False)
+    assert named.target == "two-class" and named.weighted is False
+    assert TrainConfig(data="x", instances=True, model="fcn8s").model_args == {}
+    # resolving again changes nothing (a saved config.yaml reads back equal)
+    assert TrainConfig.from_dict(dataclasses.asdict(objects)) == objects
+    # every instance default names an option that is resolved
+    from pixelwise.train.config import AUTO_FIELDS
+
+    assert set(INSTANCE_DEFAULTS) <= {*AUTO_FIELDS, "model_args"}
+
+
+def test_cli_instances_alone_takes_the_instance_defaults_and_flags_win(tmp_path):
+    from pixelwise.cli import build_parser, train_config_from_args
+    from pixelwise.train.config import INSTANCE_DEFAULTS
+
+    def cfg(*argv):
+        return train_config_from_args(build_parser().parse_args(["train", *argv]))
+
+    objects = cfg("DATA", "--instances")
+    assert objects.target == "three-class" and objects.patch_size == INSTANCE_DEFAULTS["patch_size"]
+    assert objects.max_minutes == INSTANCE_DEFAULTS["max_minutes"]
+    assert objects.model_args == INSTANCE_DEFAULTS["model_args"]
+    given = cfg("DATA", "--instances", "--target", "two-class", "--patch-size", "64",
+                "--model-arg", "base_channels=8", "--no-weighted")  # fmt: skip
+    assert given.target == "two-class" and given.patch_size == 64 and given.weighted is False
+    assert given.model_args["base_channels"] == 8 and given.model_args["padding"] == "same"
+    # a saved config.yaml holds the resolved values: read back with a flag, the rest stays
+    path = tmp_path / "config.yaml"
+    path.write_text(objects.to_yaml())
+    again = cfg("--config", str(path), "--lr", "0.002")
+    assert again.lr == 0.002 and again.model_args == objects.model_args
+    assert dataclasses.replace(again, lr=objects.lr) == objects
+    assert cfg("DATA").patch_size == 128  # without --instances: the plain defaults
+
+
+def test_instance_run_config_yaml_records_the_resolved_values(cells, tmp_path):
+    cfg = _instance_cfg(cells, tmp_path / "run", steps=2, target=None)
+    train(cfg, progress=False, log=_silent)
+    saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    assert saved["target"] == "three-class" and saved["optimizer"] == "adam"
+    assert saved["model_args"]["padding"] == "same" and saved["max_minutes"] is None
+    assert TrainConfig.from_yaml(tmp_path / "run/config.yaml") == cfg
+
+
+def test_target_errors():
+    with pytest.raises(ValueError, match="pass --instances"):
+        TrainConfig(data="x", target="three-class").check()
+    with pytest.raises(ValueError, match="target must be one of 'two-class', 'three-class'"):
+        TrainConfig(data="x", instances=True, target="distance").check()
+    with pytest.raises(ValueError, match="has 3 classes, got num_classes 2"):
+        TrainConfig(data="x", instances=True, target="three-class", num_classes=2).check()
+    with pytest.raises(ValueError, match="has 2 classes, got 3 class_names"):
+        TrainConfig(data="x", instances=True, num_classes=2, class_names=["a", "b", "c"]).check()
+    late = TrainConfig(data="x")
+    late.instances = True  # set after the config was built: nothing is resolved again
+    with pytest.raises(ValueError, match="instances=True needs a target"):
+        late.check()
+    unset = TrainConfig(data="x")
+    unset.lr = None
+    with pytest.raises(ValueError, match="lr not set"):
+        unset.check()
+
+
+def test_progress_lines_show_the_minutes_of_a_time_budget(monkeypatch):
+    import pixelwise.train.logs as logs
+
+    monkeypatch.setattr(logs.os, "isatty", lambda fd: False)
+    lines = []
+    shown = logs.Progress(total=10, initial=0, every=1, enabled=True, log=lines.append,
+                          budget_minutes=30)  # fmt: skip
+    shown.update(1, [0.5], 8.0, 1e-3, seconds=90.0)
+    shown.close()
+    assert lines == ["step 1/10 | 1.5/30 min | loss 0.5000 | 8.0 img/s | lr 0.001"]

@@ -2,6 +2,17 @@
 
 from pixelwise.checkpoint import load, read_metadata, save
 from pixelwise.models import FCN, UNet, build, convolutionalize
+from pixelwise.segmenter import Segmentation, Segmenter
 
 __version__ = "0.1.0"
-__all__ = ["FCN", "UNet", "build", "convolutionalize", "load", "read_metadata", "save"]
+__all__ = [
+    "FCN",
+    "Segmentation",
+    "Segmenter",
+    "UNet",
+    "build",
+    "convolutionalize",
+    "load",
+    "read_metadata",
+    "save",
+]

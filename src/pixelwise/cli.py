@@ -45,12 +45,19 @@ def _parse_model_arg(text: str) -> tuple[str, object]:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field as a flag (`patch_size` → `--patch-size`), with the field's help."""
+    """Every TrainConfig field as a flag (`patch_size` → `--patch-size`), with the field's help
+    and its defaults (plain, and with --instances: `pixelwise.train.config.default_help`)."""
     import typing
-    from dataclasses import MISSING, fields
+    from dataclasses import fields
 
     from pixelwise.train import TrainConfig
+    from pixelwise.train.config import INSTANCE_DEFAULTS, default_help
 
+    p.description = (
+        "Train a model. With --instances (masks of instance ids), the options not given take "
+        "the defaults for objects (each option's 'with --instances' value); OUT/config.yaml "
+        "records the values the run used."
+    )
     p.add_argument("data", nargs="?", help="dataset folder (or give it in --config)")
     p.add_argument("--config", help="YAML file of options; flags override it")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
@@ -61,7 +68,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         type=_parse_model_arg,
         default=[],
         metavar="KEY=VALUE",
-        help="model constructor option, e.g. --model-arg base_channels=16 (repeatable)",
+        help="model constructor option, e.g. --model-arg base_channels=16 (repeatable; with "
+        "--instances and the unet, the keys not given are "
+        + " ".join(f"{k}={v}" for k, v in INSTANCE_DEFAULTS.get("model_args", {}).items())
+        + ")",
     )
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
@@ -70,10 +80,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         flags = ["--" + f.name.replace("_", "-")]
         if f.name == "amp":
             flags.append("--autocast")  # predict's spelling of the same option
-        default = None if f.default is MISSING else f.default
-        help_ = f.metadata["help"]
-        if "default:" not in help_:
-            help_ += f" (default: {default})"
+        help_ = " ".join((f.metadata["help"], default_help(f.name))).strip()
         kind = _flag_type(hints[f.name])
         if kind is bool:
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_)
@@ -95,18 +102,21 @@ def _flag_type(hint: object) -> type:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """TrainConfig from defaults, then the YAML file, then the flags given."""
+    """TrainConfig of the YAML file's options and the flags given (flags win), built once, so
+    that the options neither sets take their defaults (plain, or for --instances)."""
     from dataclasses import fields
 
     from pixelwise.train import TrainConfig
+    from pixelwise.train.config import read_yaml_options
 
     try:
-        cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+        values = read_yaml_options(args.config) if args.config else {}
         for f in fields(TrainConfig):
             value = getattr(args, f.name, None)
             if value is not None and f.name != "model_args":
-                setattr(cfg, f.name, value)
-        cfg.model_args = {**cfg.model_args, **dict(args.model_arg)}
+                values[f.name] = value
+        values["model_args"] = {**(values.get("model_args") or {}), **dict(args.model_arg)}
+        cfg = TrainConfig.from_dict(values, source=args.config or "options")
         cfg.check()
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -148,6 +158,29 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _postprocessing_overrides(args: argparse.Namespace):
+    """The checkpoint's post-processing with predict's --mask-threshold, --seed-threshold and
+    --min-size applied, or None when no flag is given."""
+    from pixelwise.checkpoint import read_metadata
+    from pixelwise.instances import postprocessing_from_metadata
+
+    flags = ("mask_threshold", "seed_threshold", "min_size")
+    changes = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
+    if not changes:
+        return None
+    try:
+        recorded = postprocessing_from_metadata(read_metadata(args.checkpoint))
+        if recorded is None:
+            given = ", ".join("--" + f.replace("_", "-") for f in changes)
+            raise UserError(
+                f"{given}: checkpoint {args.checkpoint} is not an instance model (no target in "
+                f"its metadata), so it makes no objects to post-process; train with --instances"
+            )
+        return recorded.replace(**changes)
+    except ValueError as e:  # a value outside its rule, e.g. --mask-threshold 1.5
+        raise UserError(str(e)) from None
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pixelwise.distributed import distributed_context
     from pixelwise.inference import predict_files
@@ -155,6 +188,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     context = distributed_context()
     budget = {} if args.memory_budget_mb is None else {"memory_budget_mb": args.memory_budget_mb}
+    overlap = {} if args.block_overlap is None else {"block_overlap": args.block_overlap}
+    postprocessing = _postprocessing_overrides(args)
     try:
         options = PredictOptions(
             tile_size=args.tile_size,
@@ -176,9 +211,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             probs=args.probs,
             overlay=args.overlay,
             objects=args.objects,
+            instances=args.instances,
+            postprocessing=postprocessing,
             output_format=args.format,
             rank=context.rank,
             world_size=context.world_size,
+            **overlap,
         )
     except ValueError as e:  # an option the model cannot use, e.g. --tile-size 50 for a U-Net
         raise UserError(str(e)) from None
@@ -201,8 +239,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pixelwise.data import DataError
-    from pixelwise.evaluate import ISBI, PER_IMAGE, evaluate
+    from pixelwise.evaluate import ISBI, OBJECTS, PER_IMAGE, evaluate
 
+    postprocessing = _postprocessing_overrides(args)  # predict's flags, predict's rules
     try:
         result = evaluate(
             args.checkpoint,
@@ -213,14 +252,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             split=args.split,
             ignore_index=args.ignore_index,
             instances=args.instances or None,
+            postprocessing=postprocessing,
             tile_size=args.tile_size,
             device=args.device,
         )
     except (DataError, ValueError) as e:
         raise UserError(str(e)) from None
-    for key in (*PER_IMAGE, *(ISBI if args.isbi else ())):
+    objects = OBJECTS if "objects" in result else ()
+    for key in (*PER_IMAGE, *(ISBI if args.isbi else ()), *objects):
         value = result[key]
         print(f"{key:16s} {value:.4f}" if value is not None else f"{key:16s} n/a")
+    if objects:
+        print(f"objects          {result['objects']['method']}")
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
@@ -235,8 +278,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="train U-Net on synthetic touching cells, with and without "
-        "border weights, and show the results",
+        help="train U-Net on synthetic touching cells for two instance targets (the paper's "
+        "weighted two classes, and three classes) and compare their objects",
     )
     p.add_argument("--out", default="pixelwise-demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny run, for a smoke test")
@@ -258,6 +301,21 @@ def _add_tile_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_postprocessing_flags(p: argparse.ArgumentParser) -> None:
+    """Overrides of an instance checkpoint's post-processing (predict and evaluate)."""
+    for flag, kind, metavar, text in (
+        ("--mask-threshold", float, "P", "foreground = 1 - P(background) > P"),
+        ("--seed-threshold", float, "P", "three-class seeds: P(interior) > P"),
+        ("--min-size", int, "N", "objects with fewer than N pixels are removed"),
+    ):
+        p.add_argument(
+            flag,
+            type=kind,
+            metavar=metavar,
+            help=f"instance models: {text} (default: the checkpoint's record)",
+        )
+
+
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images of any size with overlap-tile inference")
     p.add_argument("checkpoint", help="a .safetensors checkpoint")
@@ -277,7 +335,24 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probs", action="store_true", help="also write probability TIFFs")
     p.add_argument("--overlay", action="store_true", help="also write colour overlay PNGs")
     p.add_argument(
-        "--objects", action="store_true", help="also write object tables (CSV + COCO JSON)"
+        "--objects",
+        action="store_true",
+        help="also write object tables (CSV + COCO JSON): an instance model's instances, "
+        "else connected components of each class",
+    )
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="instance models: also write instances/<name>.tif (uint16/uint32 object ids, "
+        "0 = background) and the object tables",
+    )
+    _add_postprocessing_flags(p)
+    p.add_argument(
+        "--block-overlap",
+        type=int,
+        metavar="PX",
+        help="streamed images: context around each block made into objects; exact for objects "
+        "up to half of it across (default: 128)",
     )
     p.add_argument("--format", default="png", choices=("png", "tif"), help="class-map format")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda:LOCAL_RANK when available)")
@@ -325,7 +400,12 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isbi", action="store_true", help="add ISBI 2012 pixel/Rand/warping errors")
     p.add_argument("--split", help="dataset split (e.g. val)")
     p.add_argument("--ignore-index", type=int, help="mask value to leave out of the scores")
-    p.add_argument("--instances", action="store_true", help="masks hold instance labels")
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="masks hold instance labels: score objects too (default: as the model was trained)",
+    )
+    _add_postprocessing_flags(p)
     _add_tile_option(p)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_cmd_evaluate)

@@ -3,9 +3,35 @@
 `evaluate` scores a checkpoint and writes its report; `evaluate_dataset` is the validation pass
 training runs (loss and scores, no files). Every image is predicted whole with overlap-tile
 inference (optionally with test-time augmentation), scored with the FCN paper's four metrics
-(and, with `isbi=True`, the ISBI 2012 pixel, Rand and warping errors on the interior class), and
-shown as an overlay thumbnail. Outputs in `out`: metrics.json, per_image.csv,
-confusion_matrix.png and report.html.
+(and, with `isbi=True`, the ISBI 2012 challenge's scores of the interior class,
+`pixelwise.metrics.isbi2012`: per image, and for the dataset as one stack, as the challenge
+scores its test slices), and shown as an overlay thumbnail. Outputs in `out`: metrics.json,
+per_image.csv, confusion_matrix.png and report.html.
+
+Objects, when the masks hold instance ids (`instances=True`, the default for a model trained on
+them). Conventions:
+
+* The objects are those `pixelwise predict --instances` writes: for an instance model (metadata
+  "target") `objects_from_probabilities(probs, postprocessing_from_metadata(meta))`, the record
+  tuned on the validation images at the end of training, or the one given (`postprocessing`;
+  the command line's --mask-threshold, --seed-threshold, --min-size change the checkpoint's, as
+  for predict); for any other model the connected components of its class map
+  (`pixelwise.instances.label`), which the report says.
+* Matching: per image, one-to-one, a pair matches at IoU >= t, the most matches
+  (`pixelwise.metrics.match_instances`, which agrees with StarDist's matching.py), at t = 0.5,
+  0.55, ..., 0.95. Merges and splits by majority overlap (see `match_instances`).
+* Pooled (the dataset's scores, metrics.json's top level): TP, FP and FN summed over the images,
+  then precision TP/(TP+FP), recall TP/(TP+FN), F1 2TP/(2TP+FP+FN) and accuracy TP/(TP+FP+FN)
+  (the DSB's and StarDist's "AP") of the sums — the StarDist paper's convention; keys
+  `tp@0.5`, `f1@0.5`, `accuracy@0.75`, ...; `dsb_score` = mean accuracy over the ten thresholds;
+  `pq@0.5` = (sum of matched IoUs) / (TP + FP/2 + FN/2) = `sq@0.5` × `rq@0.5` (Kirillov et al.
+  2019), sums pooled likewise. Per image (per_image.csv, the report's cards): the same keys from
+  that image alone. A ratio with a zero denominator (no objects at all) is NaN: null in JSON.
+* Semantic scores stay: an instance model's against the masks of its target derived from the
+  ids as in training (`pixelwise.data.targets`; three-class: background, interior, boundary),
+  any other model's against the foreground (object ids > 0).
+* The report shows each image's objects coloured by outcome at IoU 0.5 (true positives green,
+  false positives red, misses yellow), worst images first by `accuracy@0.5`.
 """
 
 from __future__ import annotations
@@ -24,19 +50,40 @@ from torch import nn
 
 from pixelwise import atomic, checkpoint
 from pixelwise.data import SegmentationDataset, load_dataset, read_image
+from pixelwise.instances import (
+    PostProcessing,
+    label,
+    objects_from_probabilities,
+    postprocessing_from_metadata,
+)
 from pixelwise.losses import SegmentationLoss
 from pixelwise.metrics import (
+    DEFAULT_IOU_THRESHOLDS,
+    ISBI2012_SCORES,
     ConfusionMatrix,
-    pixel_error,
-    rand_error,
+    isbi2012,
+    match_instances,
+    matched_pairs,
+    panoptic_quality,
+    pool_matches,
     segmentation_scores,
-    warping_error,
 )
-from pixelwise.report import confusion_matrix_png, overlay, thumbnail_png, write_report
+from pixelwise.report import (
+    OUTCOME_COLOURS,
+    confusion_matrix_png,
+    outcome_overlay,
+    overlay,
+    thumbnail_png,
+    write_report,
+)
 from pixelwise.tiling import predict
 
 PER_IMAGE = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")
-ISBI = ("pixel_error", "rand_error", "warping_error")
+ISBI = ISBI2012_SCORES
+OBJECTS = ("accuracy@0.5", "f1@0.5", "accuracy@0.75", "accuracy@0.9", "dsb_score", "pq@0.5")
+"""The main object scores: printed by `pixelwise evaluate`, headlined in the report."""
+_CARD_OBJECTS = ("n_gt", "n_pred", "tp@0.5", "fp@0.5", "fn@0.5", "merges", "splits")
+_PER_THRESHOLD = ("tp", "fp", "fn", "precision", "recall", "f1", "accuracy")
 
 
 def _finite(value: Any) -> Any:
@@ -51,12 +98,20 @@ def _finite(value: Any) -> Any:
 
 
 def evaluate_dataset(
-    model: nn.Module, dataset: SegmentationDataset, *, device: torch.device | str | None = None
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    *,
+    device: torch.device | str | None = None,
+    probabilities: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Validation scores of `model` on every image of `dataset`, each predicted whole.
 
     Training's validation pass: overlap-tile inference (`pixelwise.tiling.predict`) of the
     logits, then the cross-entropy and the confusion matrix over all images.
+
+    Args:
+        probabilities: a list to which each image's (K, H, W) float32 softmax probabilities
+            are appended, in dataset order (training scores objects on them, predicting once).
 
     Returns:
         ``val_loss`` (mean per-image cross-entropy), ``val_mean_iou``, ``val_dice`` (of the
@@ -73,6 +128,8 @@ def evaluate_dataset(
         target = torch.from_numpy(mask)[None]  # (1, H, W)
         losses.append(float(loss_fn(logits, target)))
         cm.update(logits.argmax(1), target)
+        if probabilities is not None:
+            probabilities.append(torch.softmax(logits[0], 0).numpy())  # (K, H, W)
     scores = cm.scores()
     dice = scores["per_class_dice"]
     return {
@@ -94,6 +151,7 @@ def evaluate(
     layout: str = "auto",
     ignore_index: int | None = None,
     instances: bool | None = None,
+    postprocessing: PostProcessing | None = None,
     tile_size: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
@@ -111,48 +169,150 @@ def evaluate(
             interior (ISBI labels: 255 = interior → class 1, 0 = membrane → class 0).
         split, layout: passed to `open_dataset`.
         ignore_index: mask value left out of the scores (default: the checkpoint's).
-        instances: masks hold instance labels, scored as foreground (default: as in training).
+        instances: masks hold instance labels: score objects too (default: as in training).
+        postprocessing: replaces the checkpoint's post-processing record (instance models), e.g.
+            ``postprocessing_from_metadata(meta).replace(min_size=30)``.
         tile_size, batch_size, device: passed to `predict`.
         progress: per-image tile progress bars.
         log: where one line per image goes.
 
     Returns:
-        The dict written to metrics.json: dataset scores and per-image rows.
+        The dict written to metrics.json: dataset scores (with objects: the pooled object scores
+        under keys such as ``"f1@0.5"``, and ``"objects"``: how they were made) and per-image
+        rows.
+
+    Raises:
+        ValueError: an option the model or data cannot use (isbi, post-processing).
     """
     model, meta, _ = checkpoint.load_state(checkpoint_path)
     if ignore_index is None:
         ignore_index = meta.get("ignore_index")
+    if instances is None:
+        instances = bool(meta.get("config", {}).get("instances", False))
+    params = _postprocessing(model, meta, instances=instances, record=postprocessing)
     dataset = _open_dataset(
-        model,
-        meta,
-        data,
-        isbi=isbi,
-        split=split,
-        layout=layout,
-        ignore_index=ignore_index,
-        instances=instances,
-    )
+        model, meta, data, isbi=isbi, split=split, layout=layout, ignore_index=ignore_index,
+        instances=instances, target=params.target if params is not None else None,
+    )  # fmt: skip
     total = ConfusionMatrix(model.hparams["num_classes"], ignore_index=ignore_index)
     options = dict(
         tta=tta, tile_size=tile_size, batch_size=batch_size, device=device, progress=progress
     )
     rows: list[dict[str, Any]] = []
+    matches: list[dict[str, Any]] = []
+    slices: list[tuple[np.ndarray, np.ndarray]] = []  # isbi: (P(interior), interior truth)
     for i, sample in enumerate(dataset.samples):
-        image, mask, _, _ = dataset.load(i)
-        row, pred = score_image(model, image, mask, total, isbi=isbi, **options)
-        rows.append({"name": sample.name, **row})
-        shown = ", ".join(f"{k} {row[k]:.4f}" for k in _shown(isbi))
-        log(f"[{i + 1}/{len(dataset)}] {sample.name}: {shown}")
+        image, mask, truth, _ = dataset.load(i)
+        probs = predict(model, image, **options)  # (K, H, W)
+        row = score_probabilities(probs, mask, total, isbi=isbi)
+        if isbi:
+            slices.append((probs[1].astype(np.float32), mask == 1))
         raw = read_image(sample.image_path, page=sample.page)
-        rows[-1]["thumbnail_png"] = thumbnail_png(overlay(raw, pred))
+        if instances:
+            assert truth is not None  # an instance encoding serves the ids
+            match, picture = _score_objects(probs, truth, raw, params)
+            matches.append(match)
+            row |= object_scores_of([match])
+        else:
+            picture = overlay(raw, probs.argmax(0))
+        rows.append({"name": sample.name, **row, "thumbnail_png": thumbnail_png(picture)})
+        shown = ", ".join(f"{k} {row[k]:.4f}" for k in _shown(isbi, instances))
+        log(f"[{i + 1}/{len(dataset)}] {sample.name}: {shown}")
     names = meta.get("class_names") or [f"class {i}" for i in range(total.num_classes)]
-    summary = _summarise(total.matrix, rows, names=names, tta=tta, isbi=isbi)
+    summary = _summarise(total, rows, names=names, tta=tta, slices=slices)
+    if instances:
+        summary |= object_scores_of(matches) | {"objects": _objects_record(params)}
     per_image = [{k: v for k, v in r.items() if k != "thumbnail_png"} for r in rows]
     result = _finite({"checkpoint": str(checkpoint_path), "data": str(data), **summary,
                       "per_image": per_image})  # fmt: skip
     title = f"pixelwise evaluation: {Path(checkpoint_path).name} on {Path(data).name}"
     _write_outputs(Path(out), result, rows, total.matrix, summary, title=title, isbi=isbi)
     return result
+
+
+def _postprocessing(
+    model: nn.Module,
+    meta: dict[str, Any],
+    *,
+    instances: bool,
+    record: PostProcessing | None,
+) -> PostProcessing | None:
+    """The post-processing record objects are made with (`record`, else the checkpoint's);
+    None: the model has none, its objects are connected components.
+
+    Raises:
+        ValueError: a record without instance masks, or for another number of classes than
+            the model's.
+    """
+    if record is not None and not instances:
+        raise ValueError(
+            "post-processing makes objects to score: it needs instance masks; pass "
+            "instances=True (--instances)"
+        )
+    params = record if record is not None else postprocessing_from_metadata(meta)
+    num_classes = model.hparams["num_classes"]
+    if params is not None and params.num_classes != num_classes:
+        raise ValueError(
+            f"post-processing for target {params.target!r} needs a model with "
+            f"{params.num_classes} classes, but this one has {num_classes}; pass a record "
+            "for the model's target"
+        )
+    return params
+
+
+def make_objects(probs: np.ndarray, params: PostProcessing | None) -> np.ndarray:
+    """The objects of one image, as `pixelwise predict --instances` makes them.
+
+    Args:
+        probs: (K, H, W) softmax probabilities.
+        params: the post-processing record of an instance model; None: the connected
+            components of the class map (`pixelwise.instances.label` of the argmax).
+
+    Returns:
+        (H, W) int32 object ids, 0 = background.
+    """
+    if params is None:
+        return label(probs.argmax(0))
+    return objects_from_probabilities(probs, params)
+
+
+def _score_objects(
+    probs: np.ndarray, truth: np.ndarray, raw: np.ndarray, params: PostProcessing | None
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One image's objects against its instance ids.
+
+    Args:
+        probs: (K, H, W) probabilities; truth: (H, W) instance ids; raw: the image as read.
+        params: the post-processing record, or None (connected components).
+
+    Returns:
+        (`match_instances` result, (H, W, 3) picture of the outcomes at IoU 0.5).
+    """
+    objects = make_objects(probs, params)  # (H, W) int32
+    pairs = matched_pairs(objects, truth, threshold=0.5)
+    picture = outcome_overlay(
+        raw, objects, truth, matched_pred=pairs["pred_ids"], matched_gt=pairs["gt_ids"]
+    )
+    return match_instances(objects, truth), picture
+
+
+def object_scores_of(matches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled object scores of `match_instances` results: `pool_matches` and PQ at 0.5."""
+    return pool_matches(matches) | panoptic_quality(matches, threshold=0.5)
+
+
+def _objects_record(params: PostProcessing | None) -> dict[str, Any]:
+    """How the objects were made and scored, for metrics.json and the report."""
+    if params is None:
+        method = "connected components of the class map (the model has no instance target)"
+    else:
+        method = f"objects_from_probabilities, target {params.target}"
+    return {
+        "method": method,
+        "postprocessing": None if params is None else params.to_dict(),
+        "iou_thresholds": list(DEFAULT_IOU_THRESHOLDS),
+        "pooling": "TP, FP, FN summed over the images, then the ratios",
+    }
 
 
 def _open_dataset(
@@ -164,9 +324,13 @@ def _open_dataset(
     split: str | None,
     layout: str,
     ignore_index: int | None,
-    instances: bool | None,
+    instances: bool,
+    target: str | None,
 ) -> SegmentationDataset:
     """The labelled dataset, read with the checkpoint's normalisation, classes and defaults.
+
+    With a `target` (an instance model's) the masks are derived from the instance ids as in
+    training (`pixelwise.data.targets`), so the semantic scores are those of the model's classes.
 
     Raises:
         ValueError: `isbi` for a model that has not two classes.
@@ -179,69 +343,66 @@ def _open_dataset(
     return load_dataset(
         data,
         normalization=meta.get("normalization"),
-        num_classes=num_classes,
+        num_classes=num_classes if target is None else None,
         ignore_index=ignore_index,
         split=split,
         layout=layout,
-        instances=(
-            bool(meta.get("config", {}).get("instances", False)) if instances is None else instances
-        ),
+        instances=instances,
+        target=target,
     )
 
 
-def score_image(
-    model: nn.Module,
-    image: np.ndarray,
-    mask: np.ndarray,
-    total: ConfusionMatrix,
-    *,
-    isbi: bool = False,
-    **predict_options: Any,
-) -> tuple[dict[str, float], np.ndarray]:
-    """Predict one image whole, add it to `total`, and score it on its own.
+def score_probabilities(
+    probs: np.ndarray, mask: np.ndarray, total: ConfusionMatrix, *, isbi: bool = False
+) -> dict[str, float]:
+    """Add one image's class map to `total` and score it on its own.
 
     Args:
-        model: the network; image: (C, H, W) normalised; mask: (H, W) class labels.
+        probs: (K, H, W) probabilities of the image (`pixelwise.tiling.predict`).
+        mask: (H, W) class labels.
         total: the dataset's confusion matrix, updated in place.
         isbi: add the ISBI 2012 errors of P(class 1) against mask == 1.
-        **predict_options: passed to `pixelwise.tiling.predict` (tta, tile_size, ...).
 
     Returns:
-        (scores: PER_IMAGE and, with `isbi`, ISBI keys; predicted class map (H, W)).
+        PER_IMAGE scores and, with `isbi`, the ISBI keys.
     """
-    probs = predict(model, image, **predict_options)  # (K, H, W)
     pred = probs.argmax(0)  # (H, W)
-    scores = segmentation_scores(total.update(pred, mask))
+    scores = segmentation_scores(total.update(pred, mask), ignore_index=total.ignore_index)
     row = {k: scores[k] for k in PER_IMAGE}
-    if isbi:
-        interior, truth = probs[1], mask == 1  # (H, W) probability and truth of interior
-        row["pixel_error"] = pixel_error(interior, truth)
-        row["rand_error"] = rand_error(interior, truth)
-        row["warping_error"] = warping_error(interior, truth)
-    return row, pred
+    if isbi:  # this slice alone, as the challenge's Fiji code scores a one-slice stack
+        row |= isbi2012(probs[1], mask == 1)
+    return row
 
 
-def _shown(isbi: bool) -> tuple[str, ...]:
-    """The scores of an image's log line: mean IoU, and the ISBI errors."""
-    return ("mean_iou", *(ISBI if isbi else ()))
+def _shown(isbi: bool, instances: bool) -> tuple[str, ...]:
+    """The scores of an image's log line: mean IoU, the ISBI errors, the object accuracy."""
+    return ("mean_iou", *(ISBI if isbi else ()), *(("accuracy@0.5",) if instances else ()))
 
 
 def _summarise(
-    matrix: np.ndarray,
+    total: ConfusionMatrix,
     rows: list[dict[str, Any]],
     *,
     names: list[str],
     tta: str | None,
-    isbi: bool,
+    slices: list[tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, Any]:
-    """Dataset scores: the FCN scores of the summed confusion matrix, mean ISBI errors."""
-    summary = segmentation_scores(matrix)
+    """Dataset scores: the FCN scores of the summed confusion matrix; with ISBI `slices`
+    ((H, W) P(interior), interior truth per image), the challenge's scores of them as one
+    stack, as the challenge scores its 30 test slices."""
+    summary = segmentation_scores(total.matrix, ignore_index=total.ignore_index)
     summary["class_names"] = names
     summary["images"] = len(rows)
     summary["tta"] = tta
-    if isbi:
-        for key in ISBI:
-            summary[key] = float(np.mean([r[key] for r in rows]))
+    if slices:
+        shapes = sorted({p.shape for p, _ in slices})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"isbi=True scores the images as one stack, as the challenge does; all images "
+                f"must have one size, got {shapes}; evaluate each size separately"
+            )
+        stack = np.stack([p for p, _ in slices])  # (N, H, W)
+        summary |= isbi2012(stack, np.stack([t for _, t in slices]))
     return summary
 
 
@@ -260,16 +421,57 @@ def _write_outputs(
     _write_csv(out / "per_image.csv", result["per_image"])
     cm_path = confusion_matrix_png(matrix, summary["class_names"], out / "confusion_matrix.png")
     headline = [*PER_IMAGE, *(ISBI if isbi else ())]
+    objects = "objects" in summary
+    page: dict[str, Any] = {}
+    if objects:
+        headline += [*OBJECTS, *_CARD_OBJECTS]
+        cards = ("name", "thumbnail_png", *OBJECTS, *_CARD_OBJECTS, "mean_iou")
+        rows = [{k: r[k] for k in cards} for r in rows]
+        page = dict(
+            notes=_object_notes(summary["objects"]),
+            tables={"objects per IoU threshold (pooled over the images)": _threshold_rows(summary)},
+            legend=OUTCOME_COLOURS,
+        )
     write_report(
         out,
         summary={k: summary[k] for k in headline}
         | {"images": len(rows), "tta": str(summary["tta"])},
         rows=rows,
         title=title,
-        sort_key="pixel_error" if isbi else "mean_iou",
+        sort_key="pixel_error" if isbi else "accuracy@0.5" if objects else "mean_iou",
         worst_first_descending=isbi,
         figures={"confusion matrix (rows: ground truth)": cm_path.read_bytes()},
+        **page,
     )
+
+
+def _object_notes(record: dict[str, Any]) -> list[str]:
+    """The report's paragraphs on how the objects were made and scored."""
+    made = f"Objects: {record['method']}."
+    if record["postprocessing"] is not None:
+        made += (
+            " Post-processing: "
+            + ", ".join(f"{k} {v}" for k, v in record["postprocessing"].items())
+            + "."
+        )
+    return [
+        made,
+        "Matching: per image, one-to-one, a pair matches at IoU >= t (the most matches; as "
+        "StarDist's matching.py). Dataset scores are pooled: TP, FP and FN summed over the "
+        "images, then precision, recall, F1 and accuracy = TP/(TP+FP+FN); dsb_score is the "
+        "mean accuracy over t = 0.5, 0.55, ..., 0.95; pq@0.5 = sum of matched IoUs / (TP + "
+        "FP/2 + FN/2). Each card shows its image alone, objects coloured by outcome at IoU "
+        "0.5.",
+    ]
+
+
+def _threshold_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per IoU threshold of the pooled scores."""
+    rows = []
+    for t in DEFAULT_IOU_THRESHOLDS:
+        key = f"{t:g}"
+        rows.append({"IoU": key} | {name: summary[f"{name}@{key}"] for name in _PER_THRESHOLD})
+    return rows
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -2,7 +2,9 @@
 
 :func:`write_report` writes one ``report.html`` that needs no server and no network: images are
 embedded as base64 ``data:`` URIs, the CSS is inline and there is no script. The helpers build
-its pictures: :func:`overlay` (labels blended over an image, object contours drawn opaque),
+its pictures: :func:`overlay` (labels blended over an image, object contours drawn opaque; a
+colour per class or per object), :func:`outcome_overlay` (objects coloured by their matching
+outcome: true positives, false positives, misses; :data:`OUTCOME_COLOURS` is its legend),
 :func:`thumbnail_png` (PNG bytes via Pillow), :func:`confusion_matrix_png` (row-normalised,
 annotated matrix) and :func:`plot_curves` (learning curves of one or more training runs).
 
@@ -33,7 +35,9 @@ from pixelwise.atomic import atomic_write, write_bytes, write_text
 from pixelwise.data import voc_palette
 
 __all__ = [
+    "OUTCOME_COLOURS",
     "confusion_matrix_png",
+    "outcome_overlay",
     "overlay",
     "plot_curves",
     "thumbnail_png",
@@ -54,6 +58,10 @@ th { background: #eee; }
 .card .name { font-weight: 600; margin: 0.3rem 0; word-break: break-all; max-width: 256px; }
 figure { display: inline-block; margin: 0 1rem 1rem 0; }
 figure img { max-width: 480px; }
+.legend span { display: inline-block; margin-right: 1rem; }
+.legend i { display: inline-block; width: 0.9rem; height: 0.9rem; border: 1px solid #444;
+  vertical-align: middle; margin-right: 0.3rem; }
+p.note { max-width: 60rem; }
 """
 
 
@@ -137,6 +145,52 @@ def overlay(
     edge = _boundaries(lab)
     out[edge] = colour[edge]
     return np.round(out).astype(np.uint8)
+
+
+OUTCOME_COLOURS: dict[str, tuple[int, int, int]] = {
+    "true positive (matched object)": (0, 200, 0),
+    "false positive (predicted, no match)": (230, 30, 30),
+    "miss (ground truth, no match)": (255, 215, 0),
+}
+"""Colours of :func:`outcome_overlay`, by outcome: the legend of the report's object pictures."""
+
+
+def outcome_overlay(
+    image: np.ndarray,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    matched_pred: np.ndarray,
+    matched_gt: np.ndarray,
+    alpha: float = 0.25,
+) -> np.ndarray:
+    """Objects coloured by matching outcome: TP green, FP red (predicted objects, outlined and
+    tinted), misses yellow (ground-truth objects, outlined on top).
+
+    Args:
+        image: (H, W) or (H, W, 3) image (as for :func:`overlay`).
+        pred: (H, W) predicted instance ids (0 = background).
+        gt: (H, W) ground-truth instance ids.
+        matched_pred, matched_gt: ids of the matched predicted and ground-truth objects (e.g.
+            ``pred_ids`` and ``gt_ids`` of :func:`pixelwise.metrics.objects.matched_pairs`).
+        alpha: tint of predicted objects' insides (contours are opaque).
+
+    Returns:
+        (H, W, 3) uint8 image.
+    """
+    tp, fp, miss = (np.array(c, np.uint8) for c in OUTCOME_COLOURS.values())
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(
+            f"pred and gt must be label maps of the same (H, W), got {pred.shape} and {gt.shape}"
+        )
+    outcome = np.where(np.isin(pred, matched_pred), 1, 2) * (pred > 0)  # (H, W): 0, 1 TP, 2 FP
+    rgb = overlay(image, outcome, alpha=alpha, palette=np.stack([tp, tp, fp]))
+    rgb[_boundaries(pred) & (outcome == 1)] = tp  # contours per object, not per outcome
+    rgb[_boundaries(pred) & (outcome == 2)] = fp
+    missed = np.where(np.isin(gt, matched_gt), 0, gt)  # (H, W) ids of the misses
+    rgb[_boundaries(missed)] = miss
+    return rgb
 
 
 def thumbnail_png(rgb: np.ndarray, max_side: int = 256) -> bytes:
@@ -286,6 +340,30 @@ def _table(items: Mapping[str, Any]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _row_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as a table with one column per key (the keys of the first row)."""
+    if not rows:
+        return "<table></table>"
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(_format_value(r.get(k)))}</td>" for k in rows[0])
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _legend(colours: Mapping[str, Sequence[int]]) -> str:
+    """Colour swatches with their meaning."""
+    items = "".join(
+        f'<span><i style="background: rgb({int(r)}, {int(g)}, {int(b)})"></i>'
+        f"{html.escape(name)}</span>"
+        for name, (r, g, b) in colours.items()
+    )
+    return f'<p class="legend">{items}</p>'
+
+
 def _data_uri(png: Any, what: str) -> str:
     if not isinstance(png, (bytes, bytearray)) or not bytes(png).startswith(_PNG_SIGNATURE):
         raise ValueError(f"{what} must be PNG bytes; make them with thumbnail_png")
@@ -295,15 +373,19 @@ def _data_uri(png: Any, what: str) -> str:
 def _sort_rows(
     rows: Sequence[Mapping[str, Any]], sort_key: str, descending: bool
 ) -> list[Mapping[str, Any]]:
-    """Rows ordered worst first; rows without a finite ``sort_key`` value go last."""
+    """Rows ordered worst first; rows without a finite ``sort_key`` value (NaN: a score that is
+    undefined for that image) go last."""
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
     def number(row: Mapping[str, Any]) -> float | None:
         value = row.get(sort_key)
-        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        if is_number(value):
             return None if math.isnan(float(value)) else float(value)
         return None
 
-    if rows and all(number(r) is None for r in rows):
+    if rows and not any(is_number(r.get(sort_key)) for r in rows):
         keys = sorted({k for r in rows for k in r if k not in ("name", "thumbnail_png")})
         raise ValueError(
             f"sort_key {sort_key!r} has no numeric value in any row; choose one of {keys}"
@@ -323,6 +405,9 @@ def write_report(
     sort_key: str = "mean_iou",
     worst_first_descending: bool = False,
     figures: Mapping[str, bytes] | None = None,
+    notes: Sequence[str] = (),
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    legend: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``: summary table, optional figures, per-image cards.
 
@@ -339,6 +424,11 @@ def write_report(
             smaller is worse (``"mean_iou"``). Rows without a numeric ``sort_key`` come last.
         figures: optional ``{caption: PNG bytes}`` shown under the summary (e.g. the confusion
             matrix from :func:`confusion_matrix_png`).
+        notes: paragraphs of plain text under the title (how the scores were made).
+        tables: optional ``{caption: rows}`` shown under the summary, one column per key of the
+            first row (e.g. object scores per IoU threshold).
+        legend: optional ``{meaning: (r, g, b)}`` shown above the image cards (e.g.
+            :data:`OUTCOME_COLOURS`).
 
     Returns:
         Path of the written ``report.html``.
@@ -350,9 +440,12 @@ def write_report(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        *(f'<p class="note">{html.escape(note)}</p>' for note in notes),
         "<h2>Summary</h2>",
         _table(summary),
     ]
+    for caption, table_rows in (tables or {}).items():
+        parts += [f"<h2>{html.escape(caption)}</h2>", _row_table(table_rows)]
     for caption, png in (figures or {}).items():
         uri = _data_uri(png, f"figure {caption!r}")
         text = html.escape(caption)
@@ -362,6 +455,8 @@ def write_report(
     parts.append(
         f"<h2>Images ({len(ordered)}), worst first: {direction} {html.escape(sort_key)} first</h2>"
     )
+    if legend:
+        parts.append(_legend(legend))
     parts.append('<div class="cards">')
     for i, row in enumerate(ordered):
         name = str(row.get("name", f"image {i}"))

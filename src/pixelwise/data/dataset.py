@@ -2,7 +2,9 @@
 
 A :class:`SegmentationDataset` reads, decodes and normalises one sample per item — ``(C, H, W)``
 float32 image, ``(H, W)`` int64 mask, optional ``(H, W)`` weight map and instance ids — with an
-augmentation stream seeded by (seed, epoch, index). :func:`load_dataset` opens a folder,
+augmentation stream seeded by (seed, epoch, index). With a ``target`` the mask is the class mask
+derived from the instance ids (:mod:`pixelwise.data.targets`: two-class, or background /
+interior / boundary). :func:`load_dataset` opens a folder,
 surveys it (:func:`pixelwise.data.survey_dataset`) and refuses to build a dataset from data
 with problems. Augmentations and loss weights are passed in as functions; they live in
 :mod:`pixelwise.augment` and :mod:`pixelwise.losses`.
@@ -17,12 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pixelwise.checks import check_choice
 from pixelwise.data.errors import DataError, StrPath, data_error, location
 from pixelwise.data.io import read_image
 from pixelwise.data.layouts import Sample, open_dataset
 from pixelwise.data.masks import MaskEncoding, decode_mask
 from pixelwise.data.normalization import to_chw_float
 from pixelwise.data.survey import SurveyReport, survey_dataset
+from pixelwise.data.targets import TARGET_CLASS_NAMES, derive_target
 
 #   -> (image, mask, weight), same conventions.
 Transform = Callable[
@@ -38,7 +42,7 @@ class LoadedSample(NamedTuple):
 
     Attributes:
         image: (C, H, W) float32, scaled and normalised.
-        mask: (H, W) int64 class indices.
+        mask: (H, W) int64 class indices (the target's classes when the dataset has one).
         instances: (H, W) int64 instance ids, or ``None``.
         weight: (H, W) float32 from ``weight_fn``, or ``None``.
     """
@@ -68,9 +72,13 @@ class SegmentationDataset(Dataset):
         normalization: per-channel ``{"mean", "std", "scale"}``; ``None`` = dtype scaling only.
         transform: augmentation hook ``transform(image, mask, weight, rng)``.
         weight_fn: per-pixel loss weights from ``(mask, instances)``, computed before the
-            transform so it moves with the pixels.
+            transform so it moves with the pixels (``mask`` is the served mask: the target's
+            classes when there is a target).
         seed: base seed (>= 0).
         cache_weights: keep computed weight maps in memory (they are deterministic).
+        target: ``None`` (masks as decoded), or ``"two-class"`` / ``"three-class"``: serve the
+            class mask derived from instance masks (:func:`pixelwise.data.targets.derive_target`);
+            needs an instance ``encoding``.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class SegmentationDataset(Dataset):
         weight_fn: WeightFn | None = None,
         seed: int = 0,
         cache_weights: bool = True,
+        target: str | None = None,
     ) -> None:
         unlabelled = [s.name for s in samples if s.mask_path is None]
         if unlabelled:
@@ -94,6 +103,13 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"seed must be >= 0, got {seed}; pass a non-negative integer")
         self.samples = list(samples)
         self.encoding = encoding if encoding is not None else MaskEncoding()
+        check_choice("target", target, (None, *TARGET_CLASS_NAMES))
+        if target is not None and not self.encoding.instances:
+            raise ValueError(
+                f"target {target!r} is derived from instance masks; open the dataset with "
+                "instances=True (--instances)"
+            )
+        self.target = target
         self.normalization = normalization
         self.transform = transform
         self.weight_fn = weight_fn
@@ -105,7 +121,9 @@ class SegmentationDataset(Dataset):
 
     @property
     def num_classes(self) -> int | None:
-        """Number of classes of the mask encoding."""
+        """Number of classes of the served masks: the target's, else the mask encoding's."""
+        if self.target is not None:
+            return len(TARGET_CLASS_NAMES[self.target])
         return self.encoding.num_classes
 
     @property
@@ -149,14 +167,18 @@ class SegmentationDataset(Dataset):
                 f"size mismatch: mask is {decoded.mask.shape} but image is {image.shape[1:]}",
                 "save the mask at its image's size (same height and width)",
             )
+        mask = decoded.mask
+        if self.target is not None:
+            assert decoded.instances is not None  # an instance encoding, checked in __init__
+            mask = derive_target(decoded.instances, self.target).astype(np.int64)
         weight = None
         if self.weight_fn is not None:
             weight = self._weights.get(index)
             if weight is None:
-                weight = np.asarray(self.weight_fn(decoded.mask, decoded.instances), np.float32)
+                weight = np.asarray(self.weight_fn(mask, decoded.instances), np.float32)
                 if self.cache_weights:
                     self._weights[index] = weight
-        return LoadedSample(image, decoded.mask, decoded.instances, weight)
+        return LoadedSample(image, mask, decoded.instances, weight)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, instances, weight = self.load(index)
@@ -182,6 +204,7 @@ def load_dataset(
     transform: Transform | None = None,
     weight_fn: WeightFn | None = None,
     seed: int = 0,
+    target: str | None = None,
     **open_kwargs: Any,
 ) -> SegmentationDataset:
     """Open, survey (:func:`survey_dataset`) and wrap a dataset; refuse data with problems.
@@ -193,6 +216,8 @@ def load_dataset(
         transform: augmentation hook (see :class:`SegmentationDataset`).
         weight_fn: weight-map function (see :class:`SegmentationDataset`).
         seed: augmentation seed.
+        target: serve the class masks of this instance target (see
+            :class:`SegmentationDataset`); needs instance masks (``instances=True``).
 
     Returns:
         :class:`SegmentationDataset` with the resolved encoding; its ``.report`` holds the
@@ -212,6 +237,7 @@ def load_dataset(
         transform=transform,
         weight_fn=weight_fn,
         seed=seed,
+        target=target,
     )
     dataset.report = report
     return dataset

@@ -15,11 +15,20 @@ checkpoint records, runs overlap-tile inference (`pixelwise.tiling.predict`, wit
                           the image has more than `stream_pixels` pixels (streamed, below).
     probs/<name>.tif      with probs=True: float32 softmax probabilities, K pages of (H, W).
     overlays/<name>.png   with overlay=True: the class colours blended over the image.
-    objects/<name>.csv    with objects=True: one row per connected object of every class except
-                          0 (`pixelwise.instances.label` / `object_table`).
-    objects/<name>.json   with objects=True: the same objects in COCO format (one image, id 1;
-                          uncompressed RLE masks; categories 1..K-1 named by the checkpoint's
-                          class names), `pixelwise.instances.to_coco`.
+    instances/<name>.tif  with instances=True (instance models: a "target" or a "postprocessing"
+                          record in the checkpoint): the objects, a uint16 TIFF (uint32 above
+                          65,535 objects) of ids 1..N, 0 = background, made by
+                          `pixelwise.Segmenter` (the recorded post-processing, overridable).
+    objects/<name>.csv    with objects=True or instances=True: one row per object
+                          (`pixelwise.instances.object_table` columns): an instance model's
+                          instances, of class 1 with `mean_probability` = its score (mean
+                          foreground probability, `object_scores`); for other models the
+                          connected objects of every class except 0 (`instances.label`).
+    objects/<name>.json   the same objects in COCO format (one image, id 1; uncompressed RLE
+                          masks; a `score` per object: the score above, or the mean probability
+                          of the object's class; categories 1..K-1 named by the checkpoint's
+                          class names, or one category "object" for instance models),
+                          `pixelwise.instances.to_coco`.
 
 `<name>` is the input's stem; page i of a multi-page TIFF is an image of its own named
 `<stem>_p0003` (i = 3, four digits), so `out_dir` pairs with the input folder by stem as a mask
@@ -36,7 +45,10 @@ output format) raise ValueError before any file is read.
 Large images (more than `stream_pixels`, 4096² by default) are streamed: an uncompressed TIFF is
 memory-mapped and read by region, the network input is normalised tile by tile
 (`NormalizedImage`), and the outputs go straight into memory-mapped TIFFs, so memory stays
-bounded by the tile batch. Overlays and object tables, which need the whole map in memory, are
+bounded by the tile batch. An instance model's objects are then made from the probabilities on
+disk in overlapping blocks (`pixelwise.inference.blocks`: equal to the whole-image objects for
+objects up to `block_overlap` / 2 pixels across) and their tables read in row bands. Overlays,
+and the connected-component tables of semantic models, need the whole map in memory and are
 skipped for such images (with a note).
 
 Distributed: with `world_size` processes (e.g. `torchrun --nproc-per-node 4 -m pixelwise predict
@@ -45,33 +57,42 @@ Distributed: with `world_size` processes (e.g. `torchrun --nproc-per-node 4 -m p
 `select_device` picks `cuda:{LOCAL_RANK}`.
 
 Modules: `inputs` (which files, their names, reading and checking images), `outputs` (the
-output layout and writers), `summary` (failures and the run summary), `run` (`predict_files`).
+output layout and writers), `blocks` (objects of streamed images, in overlapping blocks),
+`summary` (failures and the run summary), `run` (`predict_files`).
 """
 
+from pixelwise.inference.blocks import BLOCK_OVERLAP, BlockObjects, objects_in_blocks
 from pixelwise.inference.inputs import NormalizedImage, expand_inputs, output_names
 from pixelwise.inference.outputs import (
+    INSTANCES_DIR,
     OBJECTS_DIR,
     OUTPUT_FORMATS,
     OVERLAY_ALPHA,
     OVERLAYS_DIR,
     PROBS_DIR,
+    instance_dtype,
 )
 from pixelwise.inference.run import STREAM_PIXELS, predict_files
 from pixelwise.inference.summary import Failure, PredictSummary
 from pixelwise.tiling import PredictOptions
 
 __all__ = [
+    "BLOCK_OVERLAP",
+    "INSTANCES_DIR",
     "OBJECTS_DIR",
     "OUTPUT_FORMATS",
     "OVERLAYS_DIR",
     "OVERLAY_ALPHA",
     "PROBS_DIR",
     "STREAM_PIXELS",
+    "BlockObjects",
     "Failure",
     "NormalizedImage",
     "PredictOptions",
     "PredictSummary",
     "expand_inputs",
+    "instance_dtype",
+    "objects_in_blocks",
     "output_names",
     "predict_files",
 ]

@@ -1,13 +1,16 @@
 """`predict_files`: one run over image files, with a checkpoint and one set of options.
 
 Owns the run: loading the model, the checks that would fail every file (done once, before any
-file is read), this rank's share of the files, and per image the choice between in-memory and
-streamed prediction (`pixelwise.tiling.predict` either way). Which files and how they are read
-is `pixelwise.inference.inputs`; what is written and how, `pixelwise.inference.outputs`.
+file is read), this rank's share of the files, and per image the choice between in-memory
+prediction (`pixelwise.Segmenter`, so files and Python make the same objects) and streamed
+prediction (`pixelwise.tiling.predict` into memory maps, objects in blocks). Which files and how
+they are read is `pixelwise.inference.inputs`; what is written and how,
+`pixelwise.inference.outputs`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,8 +25,9 @@ from torch import nn
 from pixelwise import tiling
 from pixelwise.checkpoint import load_state
 from pixelwise.checks import check_choice, check_positive_int
-from pixelwise.data import DataError, as_palette, to_chw_float, voc_palette
+from pixelwise.data import DataError, as_palette, voc_palette
 from pixelwise.distributed import check_rank, select_device
+from pixelwise.inference.blocks import BLOCK_OVERLAP
 from pixelwise.inference.inputs import (
     NormalizedImage,
     check_image,
@@ -35,6 +39,8 @@ from pixelwise.inference.inputs import (
 )
 from pixelwise.inference.outputs import OUTPUT_FORMATS, Outputs
 from pixelwise.inference.summary import Log, PredictSummary, RunLog, one_line
+from pixelwise.instances import PostProcessing
+from pixelwise.segmenter import Segmenter
 from pixelwise.tiling import PredictOptions
 
 STREAM_PIXELS = 4096 * 4096
@@ -45,10 +51,8 @@ STREAM_PIXELS = 4096 * 4096
 class _Run:
     """Settings shared by every image of a run."""
 
-    model: nn.Module
+    segmenter: Segmenter
     in_channels: int
-    normalization: dict | None
-    options: PredictOptions
     stream_pixels: int
     outputs: Outputs
 
@@ -62,10 +66,13 @@ def predict_files(
     probs: bool = False,
     overlay: bool = False,
     objects: bool = False,
+    instances: bool = False,
+    postprocessing: PostProcessing | None = None,
     output_format: str = "png",
     rank: int = 0,
     world_size: int = 1,
     stream_pixels: int = STREAM_PIXELS,
+    block_overlap: int = BLOCK_OVERLAP,
     log: Log | None = print,
     **overrides: Any,
 ) -> PredictSummary:
@@ -83,10 +90,20 @@ def predict_files(
             `select_device()`: cuda:LOCAL_RANK, else the CPU.
         probs: also write (K, H, W) float32 probabilities to probs/<name>.tif.
         overlay: also write a colour overlay to overlays/<name>.png.
-        objects: also write the objects to objects/<name>.csv and objects/<name>.json (COCO).
+        objects: also write the objects to objects/<name>.csv and objects/<name>.json (COCO):
+            an instance model's instances, else the connected components of each class.
+        instances: also write an instance model's objects to instances/<name>.tif (uint16,
+            uint32 above 65,535 objects; 0 = background), with their tables as `objects`.
+        postprocessing: replaces the checkpoint's post-processing record
+            (`postprocessing_from_metadata`), e.g. with thresholds from the command line.
         output_format: "png" (palette PNG class maps) or "tif" (grayscale TIFF class ids).
         rank, world_size: this process takes files[rank::world_size].
-        stream_pixels: images with more pixels are streamed (see `pixelwise.inference`).
+        stream_pixels: images with more pixels are streamed (see `pixelwise.inference`); their
+            objects are made in blocks of √stream_pixels (at least block_overlap) pixels a
+            side.
+        block_overlap: context in pixels around each block of a streamed image: three-class
+            objects up to block_overlap / 2 across come out as on the whole image (the limits
+            are in `pixelwise.inference.blocks`).
         log: called with one line per image (written or failed) and per note; None: silent.
         **overrides: `PredictOptions` fields replacing those of `options` (tile_size=...,
             tta=..., device=..., progress=...). Without `options`, progress defaults to True
@@ -97,13 +114,15 @@ def predict_files(
 
     Raises:
         CheckpointError: the checkpoint cannot be read.
-        ValueError: an option that would fail every image (the message names the fix), or an
-            out_dir that would overwrite an input. Raised before any file is read or written.
+        ValueError: an option that would fail every image (the message names the fix), an
+            out_dir that would overwrite an input, or `instances` for a model that makes no
+            objects. Raised before any file is read or written.
         TypeError: an unknown option name.
     """
     check_rank(rank, world_size)
     check_choice("output_format", output_format, OUTPUT_FORMATS)
     check_positive_int("stream_pixels", stream_pixels)
+    check_positive_int("block_overlap", block_overlap)
     if options is None:
         overrides.setdefault("progress", True)
     options = PredictOptions.build(options, **overrides)
@@ -111,7 +130,9 @@ def predict_files(
         model, meta = checkpoint, {}
     else:
         model, meta, _ = load_state(checkpoint)
-    options.check_model(model)  # once, before any file is read
+    segmenter = Segmenter(model, meta=meta, options=options, postprocessing=postprocessing)
+    if instances and not segmenter.is_instance_model:
+        raise ValueError(_not_instance_model(checkpoint))
     out = Path(out_dir)
     files, missing = expand_inputs(inputs)
     names = output_names(files)
@@ -121,24 +142,46 @@ def predict_files(
     if rank == 0:  # every rank expands the same inputs; report missing ones once
         for failure in missing:
             log_to.fail(failure.source, failure.message)
-    selected = dict(probs=probs, overlay=overlay, objects=objects, output_format=output_format)
-    run = _start_run(model, meta, out, options, stream_pixels, log_to, selected)
+    block_size = max(math.isqrt(stream_pixels), block_overlap)
+    selected = dict(
+        probs=probs,
+        overlay=overlay,
+        objects=objects,
+        instances=instances,
+        output_format=output_format,
+        postprocessing=segmenter.postprocessing,
+        block_size=block_size,
+        block_overlap=block_overlap,
+    )
+    run = _start_run(segmenter, out, stream_pixels, log_to, selected)
     mine = list(zip(files, names, strict=True))[rank::world_size]
     for number, (path, name) in enumerate(mine, 1):
         _predict_file(run, path, name, f"[{number}/{len(mine)}]", log_to)
     return log_to.summary
 
 
+def _not_instance_model(checkpoint: str | os.PathLike | nn.Module) -> str:
+    if isinstance(checkpoint, nn.Module):
+        return (
+            f"this {type(checkpoint).__name__} is not an instance model (no checkpoint "
+            f"metadata); pass postprocessing=PostProcessing(target=...), or use objects=True "
+            f"for connected components"
+        )
+    return (
+        f"checkpoint {checkpoint} is not an instance model (no target in its metadata); train "
+        f"with --instances, or use --objects for connected components"
+    )
+
+
 def _start_run(
-    model: nn.Module,
-    meta: dict,
+    segmenter: Segmenter,
     out: Path,
-    options: PredictOptions,
     stream_pixels: int,
     log: RunLog,
     selected: dict[str, Any],
 ) -> _Run:
     """The run's settings; the model moved to its device (`select_device(options.device)`)."""
+    model, meta = segmenter.model, segmenter.meta
     config = getattr(model, "hparams", {})
     num_classes = config["num_classes"]
     palette, palette_note = _resolve_palette(meta, num_classes)
@@ -152,11 +195,10 @@ def _start_run(
         class_names=tuple(names) if names else None,
         **selected,
     )
+    model.to(select_device(segmenter.options.device))
     return _Run(
-        model=model.to(select_device(options.device)),
+        segmenter=segmenter,
         in_channels=config["in_channels"],
-        normalization=meta.get("normalization"),
-        options=options,
         stream_pixels=stream_pixels,
         outputs=outputs,
     )
@@ -227,7 +269,11 @@ def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunL
     check_image(image, here, run.in_channels)
     if image.shape[0] * image.shape[1] <= run.stream_pixels:
         return _predict_in_memory(run, np.asarray(image), here, name, path.name, page)
-    wanted = (("overlay", run.outputs.overlay), ("objects", run.outputs.objects))
+    outputs = run.outputs
+    wanted = (
+        ("overlay", outputs.overlay),
+        ("objects", outputs.objects and not outputs.streams_instances),
+    )
     skipped = [output for output, on in wanted if on]
     if skipped:
         log.note(
@@ -235,36 +281,56 @@ def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunL
             f"pixels exceed stream_pixels={run.stream_pixels}, so the maps stay on disk; crop "
             f"the image to get them"
         )
-    return _predict_streamed(run, image, here, name)
+    return _predict_streamed(run, image, here, name, path.name, page, log)
 
 
 def _predict_in_memory(
     run: _Run, image: np.ndarray, here: str, name: str, file_name: str, page: int | None
 ) -> list[Path]:
     """Predict an image held in memory and write every requested output."""
-    x = to_chw_float(image, normalization=run.normalization, source=here)  # (C, H, W)
-    probs = None
-    if run.outputs.probs or run.outputs.objects:
-        probs = tiling.predict(run.model, x, options=run.options, output="probs")  # (K, H, W)
-        labels = probs.argmax(axis=0).astype(run.outputs.label_dtype)  # (H, W)
-    else:
-        labels = tiling.predict(run.model, x, options=run.options, output="labels")  # (H, W)
-    return run.outputs.write(name, image, labels, probs, file_name=file_name, page=page)
+    outputs, segmenter = run.outputs, run.segmenter
+    if not outputs.wants_probs:
+        x = segmenter.to_input(image, source=here)  # (C, H, W)
+        labels = tiling.predict(segmenter.model, x, options=segmenter.options, output="labels")
+        return outputs.write(name, image, labels, None, file_name=file_name, page=page)
+    result = segmenter.predict(image, source=here)
+    return outputs.write(
+        name,
+        image,
+        result.labels,
+        result.probabilities,
+        file_name=file_name,
+        page=page,
+        objects=result.instances,
+        scores=result.scores,
+    )
 
 
-def _predict_streamed(run: _Run, image: Any, here: str, name: str) -> list[Path]:
-    """Predict a large image tile by tile into memory-mapped TIFFs (class map, probabilities)."""
-    view = NormalizedImage(image, run.normalization, here)
+def _predict_streamed(
+    run: _Run, image: Any, here: str, name: str, file_name: str, page: int | None, log: RunLog
+) -> list[Path]:
+    """Predict a large image tile by tile into memory-mapped TIFFs (class map, probabilities,
+    and an instance model's objects)."""
+    segmenter = run.segmenter
+    view = NormalizedImage(image, segmenter.normalization, here)
     view[:, :1, :1]  # checks dtype and normalisation on one pixel before any work
     _, height, width = view.shape
+    model, options = segmenter.model, segmenter.options
 
     def fill(labels: np.ndarray, probs: np.ndarray | None) -> None:
         if probs is None:
-            tiling.predict(run.model, view, options=run.options, output="labels", out=labels)
+            tiling.predict(model, view, options=options, output="labels", out=labels)
             return
-        tiling.predict(run.model, view, options=run.options, output="probs", out=probs)
+        tiling.predict(model, view, options=options, output="probs", out=probs)
         rows = max(1, 2**24 // (4 * probs.shape[0] * width))  # argmax ~16 MB at a time
         for r in range(0, height, rows):
             labels[r : r + rows] = probs[:, r : r + rows].argmax(axis=0)  # (rows, W)
 
-    return run.outputs.write_streamed(name, (height, width), fill)
+    return run.outputs.write_streamed(
+        name,
+        (height, width),
+        fill,
+        file_name=file_name,
+        page=page,
+        note=lambda line: log.note(f"{here}: {line}"),
+    )

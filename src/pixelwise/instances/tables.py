@@ -3,8 +3,11 @@
 * :func:`object_table` lists each object's id, majority class, area, box, centroid and mean
   class probability; :func:`write_object_csv` writes the rows (columns :data:`CSV_COLUMNS`).
 * :func:`to_coco` / :func:`write_coco_json` give COCO's ``images`` / ``annotations`` /
-  ``categories`` with uncompressed RLE segmentations; :func:`rle_encode` is that encoding and
-  :func:`rle_decode` its inverse, for users reading the COCO output back.
+  ``categories`` with uncompressed RLE segmentations and, given per-object scores, the
+  ``score`` a COCO result needs (the confidence its evaluation ranks detections by);
+  :func:`rle_encode` is that encoding (also of a mask cut out of a larger image, which is how
+  streamed prediction encodes objects without the whole map), :func:`rle_decode` its inverse,
+  for users reading the COCO output back; :func:`coco_annotation` builds one annotation.
 
 Conventions: bounding boxes in tables are ``(y0, x0, y1, x1)`` with exclusive ends (the slice
 ``instances[y0:y1, x0:x1]`` holds the object); COCO boxes are ``[x, y, width, height]``. Files
@@ -30,6 +33,7 @@ from pixelwise.atomic import write_text
 
 __all__ = [
     "CSV_COLUMNS",
+    "coco_annotation",
     "object_table",
     "rle_decode",
     "rle_encode",
@@ -158,23 +162,44 @@ def write_object_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) ->
     return write_text(path, buffer.getvalue())
 
 
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+def rle_encode(
+    mask: np.ndarray,
+    *,
+    offset: tuple[int, int] = (0, 0),
+    size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """COCO uncompressed RLE of an (H, W) boolean mask.
 
     Runs alternate background/foreground over the mask read in column-major (Fortran) order,
     starting with a (possibly zero) background run. Example: the 2x2 mask [[0, 1], [0, 1]] reads
     0, 0, 1, 1 column by column, so ``counts = [2, 2]``.
+
+    Args:
+        mask: (h, w) boolean mask.
+        offset: (row, column) of ``mask[0, 0]`` in the image the RLE describes.
+        size: (H, W) of that image; default the mask's own shape (with offset (0, 0)). So the
+            RLE of an object can be computed from the crop holding it: ``rle_encode(crop,
+            offset=(y0, x0), size=(H, W)) == rle_encode(full == id)``.
     """
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {m.shape}")
-    flat = m.ravel(order="F").astype(np.int8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0, *counts]
-    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": [int(c) for c in counts]}
+    height, width = m.shape if size is None else (int(size[0]), int(size[1]))
+    top, left = int(offset[0]), int(offset[1])
+    if top < 0 or left < 0 or top + m.shape[0] > height or left + m.shape[1] > width:
+        raise ValueError(
+            f"a {m.shape[0]}x{m.shape[1]} mask at offset {(top, left)} does not fit an image of "
+            f"size {height}x{width}; pass the crop's offset and the full image's size"
+        )
+    ys, xs = np.nonzero(m.T)[::-1]  # column-major order of the mask's pixels
+    flat = (xs.astype(np.int64) + left) * height + (ys + top)  # increasing column-major indices
+    counts = [height * width]
+    if flat.size:
+        breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+        starts = flat[np.concatenate([[0], breaks])]
+        ends = flat[np.concatenate([breaks - 1, [flat.size - 1]])] + 1
+        counts = _rle_from_runs(starts, ends - starts, height * width)
+    return {"size": [height, width], "counts": [int(c) for c in counts]}
 
 
 def rle_decode(rle: dict[str, Any]) -> np.ndarray:
@@ -221,6 +246,34 @@ def _rle_from_runs(starts: np.ndarray, lengths: np.ndarray, total: int) -> list[
     return counts.tolist()
 
 
+def coco_annotation(
+    row: dict[str, Any],
+    segmentation: dict[str, Any],
+    *,
+    annotation_id: int,
+    image_id: int,
+    score: float | None = None,
+) -> dict[str, Any]:
+    """One COCO annotation from an :func:`object_table` row and its RLE (:func:`rle_encode`).
+
+    ``category_id`` is the row's class (1 when None), ``bbox`` = [x, y, width, height], ``area``
+    in pixels, ``iscrowd`` = 0 and, when given, ``score`` (a float in [0, 1]).
+    """
+    y0, x0, y1, x1 = row["bbox"]
+    annotation = {
+        "id": int(annotation_id),
+        "image_id": int(image_id),
+        "category_id": 1 if row["class"] is None else int(row["class"]),
+        "segmentation": segmentation,
+        "area": int(row["area"]),
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "iscrowd": 0,
+    }
+    if score is not None:
+        annotation["score"] = float(score)
+    return annotation
+
+
 def to_coco(
     instances: np.ndarray | torch.Tensor,
     *,
@@ -229,6 +282,7 @@ def to_coco(
     class_map: np.ndarray | torch.Tensor | None = None,
     categories: Sequence[dict[str, Any]] | None = None,
     first_annotation_id: int = 1,
+    scores: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """COCO-format dict (``images``, ``annotations``, ``categories``) for one image.
 
@@ -241,32 +295,40 @@ def to_coco(
         categories: COCO categories ``[{"id": ..., "name": ...}]``; default one entry
             ``class_<id>`` per category id used.
         first_annotation_id: id of the first annotation (keep ids unique across images).
+        scores: optional (N,) confidence of each object, in increasing id order (for a map
+            with ids 1..N, ``scores[i - 1]`` is object i's, as `object_scores` returns them);
+            written as each annotation's ``score``, which COCO evaluation ranks detections by.
 
     Returns:
         Dict with uncompressed RLE segmentations (``{"size": [h, w], "counts": [...]}``,
-        column-major), ``bbox`` = [x, y, width, height], ``area`` in pixels, ``iscrowd`` = 0.
+        column-major), ``bbox`` = [x, y, width, height], ``area`` in pixels, ``iscrowd`` = 0,
+        and ``score`` when ``scores`` is given.
+
+    Raises:
+        ValueError: ``scores`` does not hold one value per object.
     """
     inst = as_instances(instances)
     h, w = inst.shape
     rows = object_table(inst, class_map=class_map)
+    if scores is not None and len(scores) != len(rows):
+        raise ValueError(
+            f"scores must hold one value per object: {len(rows)} objects, got {len(scores)} "
+            f"scores; pass object_scores(probs, instances)"
+        )
     runs = _runs_by_object(inst)
     annotations = []
     for k, row in enumerate(rows):
-        y0, x0, y1, x1 = row["bbox"]
         starts, lengths = runs[row["id"]]
+        segmentation = {"size": [h, w], "counts": _rle_from_runs(starts, lengths, h * w)}
+        score = None if scores is None else scores[k]
         annotations.append(
-            {
-                "id": first_annotation_id + k,
-                "image_id": image_id,
-                "category_id": 1 if row["class"] is None else row["class"],
-                "segmentation": {
-                    "size": [h, w],
-                    "counts": _rle_from_runs(starts, lengths, h * w),
-                },
-                "area": row["area"],
-                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "iscrowd": 0,
-            }
+            coco_annotation(
+                row,
+                segmentation,
+                annotation_id=first_annotation_id + k,
+                image_id=image_id,
+                score=score,
+            )
         )
     if categories is None:
         used = sorted({a["category_id"] for a in annotations})

@@ -1,67 +1,129 @@
-"""ISBI 2012 EM segmentation challenge scores: pixel error, Rand error, warping error.
+"""ISBI 2012 EM segmentation challenge scores, exactly as the challenge's Fiji code computes them.
 
-Inputs are 2-D (H, W) maps of the CELL INTERIOR (the foreground): either boolean, integers in
-{0, 1}, 8-bit integers 0..255 (read as value / 255, so the ISBI label files, where 255 = interior
-and 0 = membrane, can be passed as they are) or floats in [0, 1] read as the probability of being
-interior. A pixel is interior when its value is ``> threshold``. If you have membrane
-probabilities ``m``, pass ``1 - m``.
+:func:`isbi2012` ports the challenge's evaluation (fiji/Trainable_Segmentation,
+``trainableSegmentation.metrics``; the scripts "Segmentation evaluation metrics" and
+"Segmentation evaluation after border thinning" on imagej.net) for one slice or a stack:
 
-* :func:`pixel_error`: fraction of pixels whose binarised values disagree; for probability inputs
-  the minimum over a sweep of thresholds, as the challenge's Fiji evaluation (``thresholds=(0.5,)``
-  gives ``1 - pixel accuracy``).
-* :func:`rand_error`: foreground-restricted Rand error, ``1 - V_rand`` (Arganda-Carreras et al.
-  2015). Segments are the 4-connected components of the interior. Pixels that are membrane in the
-  ground truth are excluded. Predicted membrane pixels that fall inside a ground-truth cell are
-  each counted as their own singleton segment (the challenge's Fiji convention; a thick predicted
-  membrane therefore costs split errors, never a merge). Pair counts follow
-  ``skimage.metrics.adapted_rand_error``: sums of ``n (n - 1)`` (pairs of distinct pixels), so
-  singletons contribute nothing. With ``pred_background="segment"`` all predicted membrane pixels
-  form one segment instead, which is exactly ``adapted_rand_error(gt_segments, pred_segments)``.
-  For probability inputs the error is the minimum over a sweep of thresholds, as in the challenge.
-* :func:`warping_error`: Jain et al. 2010. The binary ground truth is warped toward the binarised
-  prediction by flipping only simple pixels (foreground 4-connected, background 8-connected; the
-  image is padded with background), so the warped ground truth keeps the ground truth's topology;
-  the error is the fraction of pixels where the warped ground truth still disagrees with the
-  prediction. Those are the topological mistakes (splits, merges, holes, missing or extra cells).
+=================  =================================================================  =========
+key                Fiji call of the challenge script                                  stack
+=================  =================================================================  =========
+``pixel_error``    ``1 - PixelError.getPixelErrorMaximalFScore(0.0, 1.0, 0.1)``       counts
+``rand_error``     ``1 - RandError.getForegroundRestrictedRandIndexMaximalFScore``    counts
+                   ``(0.0, 1.0, 0.1)``
+``warping_error``  ``WarpingError.getMinimumSplitsAndMergersErrorValue``              counts
+                   ``(0.0, 0.9, 0.1, false, 20)``
+``v_rand_thin``    ``RandError.getMaximalVRandAfterThinning(0.0, 1.0, 0.1, true)``    mean
+``v_info_thin``    ``VariationOfInformation.getMaximalVInfoAfterThinning``            mean
+                   ``(0.0, 1.0, 0.1)``
+=================  =================================================================  =========
+
+The first three are the leaderboard of 2012 that the U-Net paper's Table 1 reports; the last
+two rank the challenge's current leaderboard. "counts": the slices' counts are added before the
+score (micro average); "mean": the score is averaged over the slices (macro average).
+
+Conventions, as the challenge ships and reads its files:
+
+* ``labels``: the ground truth, 1 or 255 = cell interior, 0 = membrane (bool also accepted).
+* ``probabilities``: the submission, the probability of cell INTERIOR (0 = 100 % membrane
+  certainty, 1 = 100 % non-membrane certainty), a 32-bit float image. Floats are rounded to
+  float32 as the submission TIFF stores them; 8-bit maps are read as ``value / 255``.
+  A pixel is interior at threshold t when ``float64(p) > t``.
+* Thresholds: Java's ``for (th = 0.0; th <= 1.0; th += 0.1)``, eleven accumulated values
+  (0.30000000000000004, ..., 0.9999999999999999); the warping error stops at 0.9 (ten).
+
+What each score counts:
+
+* Pixel error: 1 - the best F-score over thresholds of the interior pixels (precision = TP /
+  (TP + FP), recall = TP / (TP + FN), each 1 when its denominator's error term is 0).
+* Rand error: the ground truth's and the prediction's 4-connected interior components;
+  membrane pixels of the ground truth are left out, predicted membrane pixels inside a cell
+  count as singletons. Pairs are counted "N^2" (ordered pairs with a pixel's pair with itself:
+  TP = sum n_ij^2 over cells and predicted segments plus one per singleton). The score is
+  1 - the best F-score (precision / recall of same-segment pairs) over thresholds.
+* Warping error: the ground truth is warped toward the binarised prediction by sequential
+  simple-point flips, most confident pixel first (:mod:`pixelwise.metrics.isbi_topology`);
+  the mismatches left are classified and only splits and mergers count, divided by all
+  pixels of the stack; the smallest over thresholds.
+* V_rand / V_info after thinning: the prediction's membrane is thinned by a watershed from
+  its cells (:func:`~pixelwise.metrics.isbi_topology.thin_borders`), then the N^2 Rand F-score
+  or the information-theoretic F-score (Arganda-Carreras et al. 2015) is computed per slice,
+  averaged, and maximised over thresholds.
+
+Fiji's quirks are kept: a slice whose ground truth has no interior gives NaN counts, which
+set the Rand F-score of the whole stack at that threshold to 0 (and its per-slice V_rand and
+V_info to 0); a ground-truth slice without membrane makes every warping mismatch of that slice
+an object addition (ImageJ's 8-bit conversion blanks the warped labels). Sums follow Java's
+loop order so that exact ties (``H(A) == 0``) fall the same way.
+
+Differences from the older pixelwise scores (:mod:`pixelwise.metrics.isbi_legacy`, still
+exported under their old names ``pixel_error``, ``rand_error``, ``warping_error``):
+
+* ``pixel_disagreement`` (old ``pixel_error``) is the smallest fraction of disagreeing
+  pixels, not 1 - F-score; ``adapted_rand_error`` (old ``rand_error``) counts pairs of
+  distinct pixels, n (n - 1), as ``skimage.metrics.adapted_rand_error``; both sweep 0.1-0.9
+  and work per image;
+* ``classic_warping_error`` (old ``warping_error``) flips pixels in four parallel
+  sub-lattices at the one threshold 0.5 and counts every remaining mismatch (holes, added and
+  deleted objects too), Jain et al.'s classic definition.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from pixelwise.arrays import as_numpy, check_same_shape
+from pixelwise.metrics.isbi_topology import (
+    FOUR,
+    count_splits_and_mergers,
+    sequential_warp,
+    thin_borders,
+)
 
 __all__ = [
-    "DEFAULT_RAND_THRESHOLDS",
-    "pixel_error",
-    "rand_error",
-    "rand_scores",
-    "warping_error",
-    "warping_scores",
+    "ISBI2012_SCORES",
+    "ISBI2012_THRESHOLDS",
+    "ISBI2012_WARPING_THRESHOLDS",
+    "interior_values",
+    "isbi2012",
 ]
 
-DEFAULT_RAND_THRESHOLDS: tuple[float, ...] = tuple(
-    np.round(np.linspace(0.0, 1.0, 11)[1:-1], 2).tolist()
+
+def _java_sweep(stop: float) -> tuple[float, ...]:
+    """``for (double th = 0.0; th <= stop; th += 0.1)``: the accumulated doubles."""
+    values, th = [], 0.0
+    while th <= stop:
+        values.append(th)
+        th += 0.1
+    return tuple(values)
+
+
+ISBI2012_THRESHOLDS: tuple[float, ...] = _java_sweep(1.0)
+"""The 11 thresholds of the pixel, Rand and thinned scores: 0.0, 0.1, ..., 0.9999999999999999."""
+
+ISBI2012_WARPING_THRESHOLDS: tuple[float, ...] = _java_sweep(0.9)
+"""The ten thresholds of the warping error (0.0, 0.1, ..., 0.8999999999999999)."""
+
+ISBI2012_SCORES: tuple[str, ...] = (
+    "rand_error",
+    "pixel_error",
+    "warping_error",
+    "v_rand_thin",
+    "v_info_thin",
 )
-"""Thresholds 0.1, 0.2, ..., 0.9 swept for probability inputs (the ISBI 2012 evaluation also
-reported the best Rand score over a threshold sweep)."""
-
-_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+"""The keys :func:`isbi2012` returns (and accepts in ``scores``)."""
 
 
-def _interior_values(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    """(H, W) map -> float64 interior values in [0, 1] following the module's convention."""
+def interior_values(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    """Any-shape map of cell interior -> float64 values in [0, 1].
+
+    bool as 0/1; integers 0/1 as they are, 8-bit 0..255 as ``value / 255``; floats checked to
+    lie in [0, 1]. The one reading of interior maps, for these scores and the legacy ones.
+    """
     a = as_numpy(x, name)
-    if a.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D (H, W) map, got shape {tuple(a.shape)}; pass one image at a time"
-        )
     if a.dtype == np.bool_:
         return a.astype(np.float64)
     if np.issubdtype(a.dtype, np.integer):
@@ -79,310 +141,269 @@ def _interior_values(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
         ):
             raise ValueError(
                 f"float {name} must be probabilities in [0, 1] without NaN, found range "
-                f"[{np.nanmin(values)}, {np.nanmax(values)}]; apply a sigmoid/softmax first"
+                f"[{np.nanmin(values)}, {np.nanmax(values)}]; apply a sigmoid/softmax first "
+                "(the probability of cell interior is 1 - the membrane probability)"
             )
         return values
     raise TypeError(f"{name} has unsupported dtype {a.dtype}; pass bool, integer or float")
 
 
-def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
-    check_same_shape(a, b, ("pred", "gt"), "crop or resize the prediction to the label's size")
-
-
-def _check_threshold(threshold: float) -> float:
-    if not 0.0 <= float(threshold) < 1.0:
+def _label_stack(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(H, W) or (N, H, W) labels (0 = membrane; 1 or 255 = interior) -> bool interior."""
+    a = as_numpy(x, "labels")
+    if a.dtype == np.bool_:
+        return a
+    values = np.unique(a)
+    if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
         raise ValueError(
-            f"threshold must be in [0, 1), got {threshold}; a pixel is interior when its "
-            "value is > threshold"
+            f"labels must be binary, 0 = membrane and 1 or 255 = cell interior, found values "
+            f"{values[:8].tolist()}{' ...' if values.size > 8 else ''}; pass the challenge's "
+            "label images (or label > 0)"
         )
-    return float(threshold)
+    return a > 0
 
 
-def _is_binary(values: np.ndarray) -> bool:
-    return bool(np.isin(values, (0.0, 1.0)).all())
+def _stacks(
+    probabilities: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (N, H, W) float32 probabilities and (N, H, W) bool interior labels."""
+    # float32: what the submission TIFF stores (8-bit maps as value / 255)
+    p = interior_values(probabilities, "probabilities").astype(np.float32)
+    g = _label_stack(labels)
+    if p.ndim not in (2, 3) or p.ndim != g.ndim:
+        raise ValueError(
+            f"probabilities and labels must both be one slice (H, W) or a stack (N, H, W), "
+            f"got shapes {tuple(p.shape)} and {tuple(g.shape)}; stack the slices with np.stack"
+        )
+    check_same_shape(p, g, ("probabilities", "labels"), "pass the prediction of each label slice")
+    if p.ndim == 2:
+        p, g = p[None], g[None]  # (1, H, W)
+    if 0 in p.shape:
+        raise ValueError(f"the stack is empty, shape {tuple(p.shape)}; pass at least one pixel")
+    return p, g
 
 
-def _swept_inputs(
-    pred: np.ndarray | torch.Tensor,
-    gt: np.ndarray | torch.Tensor,
-    thresholds: Sequence[float] | None,
-) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """(pred values (H, W) float64, gt interior (H, W) bool, thresholds to sweep), checked.
+def _fscore(tp: float, fp: float, fn: float) -> float:
+    """Fiji's ClassificationStatistics F-score (precision, recall 1 when fp, fn are 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = 1.0 if fp == 0 else float(np.float64(tp) / (tp + fp))
+        recall = 1.0 if fn == 0 else float(np.float64(tp) / (tp + fn))
+    if precision + recall > 0:  # False for NaN, leaving Fiji's initial 0
+        return 2.0 * precision * recall / (precision + recall)
+    return 0.0
 
-    Default sweep: 0.5 for a binary ``pred``, :data:`DEFAULT_RAND_THRESHOLDS` for probabilities.
+
+def _ordered_total(values: np.ndarray) -> float:
+    """Left-to-right float sum, as a Java ``for`` loop adds (``np.sum`` sums pairwise)."""
+    return float(np.cumsum(values)[-1]) if values.size else 0.0
+
+
+def _ordered_sums(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per group (ascending), the left-to-right sum of its values in their given order."""
+    order = np.argsort(groups, kind="stable")
+    g, v = groups[order], values[order]
+    _, starts, counts = np.unique(g, return_index=True, return_counts=True)
+    sums = v[starts].copy()
+    for k in range(1, int(counts.max(initial=1))):
+        more = counts > k
+        sums[more] += v[starts[more] + k]
+    return sums
+
+
+def _contingency(
+    gt: np.ndarray, pred: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(n, i, j, p_ij): the overlap table of two label maps, row-major, gt cells i >= 1 only.
+
+    ``n`` is the number of ground-truth interior pixels and ``p_ij = n_ij / n``; j = 0 is the
+    prediction's background (membrane or watershed line).
     """
-    p = _interior_values(pred, "pred")
-    g = _interior_values(gt, "gt") > 0.5
-    _check_same_shape(p, g)
-    if thresholds is None:
-        thresholds = (0.5,) if _is_binary(p) else DEFAULT_RAND_THRESHOLDS
-    sweep = [_check_threshold(t) for t in thresholds]
-    if not sweep:
-        raise ValueError("thresholds must not be empty; pass e.g. (0.5,)")
-    return p, g, sweep
+    g, s = gt.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    n = int(np.count_nonzero(g))
+    width = int(s.max()) + 1
+    keys = g * width + s
+    if (int(g.max()) + 1) * width <= 1 << 24:
+        counts = np.bincount(keys)
+        keys = np.flatnonzero(counts)
+        counts = counts[keys]
+    else:
+        keys, counts = np.unique(keys, return_counts=True)
+    i, j = np.divmod(keys, width)
+    cell = i > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = counts[cell] / np.float64(n)
+    return n, i[cell], j[cell], p
 
 
-def pixel_error(
-    pred: np.ndarray | torch.Tensor,
-    gt: np.ndarray | torch.Tensor,
-    *,
-    thresholds: Sequence[float] | None = None,
-) -> float:
-    """ISBI 2012 pixel error: the fraction of pixels whose binarised values disagree, minimised
-    over a sweep of thresholds as the challenge's Fiji evaluation does.
-
-    Worked example: gt a 10x10 frame of membrane around 64 interior pixels; a probability map
-    0.9 on 60 of them and 0.2 elsewhere. At t = 0.5 four interior pixels are called membrane
-    (error 4/100); at t = 0.1 every membrane pixel is called interior (36/100): the error is 0.04.
-
-    Args:
-        pred: (H, W) interior map (bool, 0/1, 0..255 or probabilities; module docstring).
-        gt: (H, W) ground truth in the same convention (ISBI labels: 255 interior, 0 membrane),
-            binarised at 0.5.
-        thresholds: values at which ``pred`` is binarised (``> t``). Default: 0.5 for binary
-            inputs, 0.1, 0.2, ..., 0.9 for probability maps (as :func:`rand_error`). Pass
-            ``(0.5,)`` for ``1 - pixel accuracy`` of the 0.5 decision.
-
-    Returns:
-        ``min_t (disagreeing pixels at t) / (all pixels)``.
-    """
-    p, g, sweep = _swept_inputs(pred, gt, thresholds)
-    return min(float(np.count_nonzero((p > t) != g) / p.size) for t in sweep)
-
-
-# --------------------------------------------------------------------------------------------
-# ISBI 2012: foreground-restricted Rand error
-# --------------------------------------------------------------------------------------------
-
-
-def _pair_count(sizes: np.ndarray) -> int:
-    """Ordered pairs of distinct pixels inside groups of the given sizes: sum n (n - 1)."""
-    s = sizes.astype(np.int64)
-    return int(np.dot(s, s - 1))
-
-
-def _rand_fscore(
-    gt_segments: np.ndarray,
-    pred_interior: np.ndarray,
-    pred_background: Literal["singletons", "segment"],
-) -> tuple[float, float, float]:
-    """(V_rand, V_split, V_merge) of one binarised prediction against labelled gt segments."""
-    pred_segments, n_pred = ndimage.label(pred_interior, structure=_FOUR)
-    inside = gt_segments > 0
-    g = gt_segments[inside].astype(np.int64)
-    s = pred_segments[inside].astype(np.int64)
-    # Contingency table n_ij (gt segment i, predicted segment j) restricted to gt interior.
-    joint = np.unique(g * (n_pred + 1) + s, return_counts=True)
-    joint_j = joint[0] % (n_pred + 1)
-    joint_counts = joint[1]
-    gt_sizes = np.bincount(g)
-    pred_sizes = np.bincount(s, minlength=n_pred + 1)
-    if pred_background == "singletons":
-        # Predicted membrane pixels: each its own segment, n (n - 1) = 0 for a singleton.
-        joint_counts = joint_counts[joint_j > 0]
-        pred_sizes = pred_sizes[1:]
-    sum_joint = _pair_count(joint_counts)
-    sum_gt = _pair_count(gt_sizes)
-    sum_pred = _pair_count(pred_sizes)
-    if sum_gt + sum_pred == 0:
+def _rand_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
+    """(TP, FP, FN) of RandError.getForegroundRestrictedRandIndexStatsN2 (NaN if no gt cell)."""
+    n, i, j, p = _contingency(gt, pred)
+    if n == 0:
         return float("nan"), float("nan"), float("nan")
-    v_rand = 2.0 * sum_joint / (sum_gt + sum_pred)
-    v_split = sum_joint / sum_gt if sum_gt else float("nan")
-    v_merge = sum_joint / sum_pred if sum_pred else float("nan")
-    return v_rand, v_split, v_merge
+    segment = j > 0
+    a = _ordered_sums(i, p)  # a_i = sum_j p_ij, j ascending
+    b = _ordered_sums(j[segment], p[segment])  # b_j = sum_{i >= 1} p_ij, i ascending
+    singletons = _ordered_total(p[~segment])  # predicted background inside cells
+    sum_a2 = _ordered_total(a * a)
+    sum_b2 = _ordered_total(b * b) + singletons / n
+    sum_ab2 = _ordered_total(p[segment] * p[segment]) + singletons / n
+    n2 = float(n) * n
+    tp = n2 * sum_ab2
+    return tp, n2 * sum_b2 - tp, n2 * sum_a2 - tp
 
 
-def rand_scores(
-    pred: np.ndarray | torch.Tensor,
-    gt: np.ndarray | torch.Tensor,
-    *,
-    thresholds: Sequence[float] | None = None,
-    pred_background: Literal["singletons", "segment"] = "singletons",
-) -> dict[str, float]:
-    """Foreground-restricted Rand scores at the best threshold of a sweep.
+def _info_fscore(gt: np.ndarray, pred: np.ndarray) -> float:
+    """VariationOfInformation.foregroundRestrictedFscore: F of C(A|B) and C(B|A)."""
+    n, i, j, p = _contingency(gt, pred)
+    if n == 0:
+        return 0.0  # Fiji: H(A) == 0 -> precision 0, recall 1 -> F = 0
+    segment = j > 0
+    a = _ordered_sums(i, p)
+    b = _ordered_sums(j[segment], p[segment])
+    singletons = _ordered_total(p[~segment])
+    log_n = np.log(np.float64(n))
+    sum_a = _ordered_total(a * np.log(a))
+    sum_b = _ordered_total(b * np.log(b)) - singletons * log_n
+    sum_ab = _ordered_total(p[segment] * np.log(p[segment])) - singletons * log_n
+    ha, hb = -sum_a, -sum_b
+    hab, hba = sum_b - sum_ab, sum_a - sum_ab
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = float(np.float64(ha - hab) / ha)
+        recall = float(np.float64(hb - hba) / hb)
+        if ha == 0:
+            precision, recall = 0.0, 1.0
+        if hb == 0:
+            precision, recall = 1.0, 0.0
+        return float(np.float64(2.0 * precision * recall) / (precision + recall))
 
-    Args:
-        pred: (H, W) interior map (bool, 0/1, 0..255 or probabilities of cell interior).
-        gt: (H, W) ground truth, same convention; binarised at 0.5. Its segments are the
-            4-connected components of the interior; membrane pixels are left out.
-        thresholds: values at which ``pred`` is binarised (``> t``). Default: 0.5 for binary
-            inputs, 0.1, 0.2, ..., 0.9 for probability maps.
-        pred_background: ``"singletons"`` (default, challenge convention): each predicted
-            membrane pixel inside a gt cell is its own segment; ``"segment"``: they form one
-            segment (plain ``skimage.metrics.adapted_rand_error`` on the two label maps).
 
-    Returns:
-        ``rand_error`` = 1 - max V_rand, ``v_rand`` (Rand F-score), ``v_rand_split`` (recall of
-        same-segment pairs, lowered by splits), ``v_rand_merge`` (precision, lowered by merges) and
-        ``threshold`` at the best V_rand. NaN when the ground truth has no pair of interior
-        pixels in one segment and the prediction has none either.
-    """
-    if pred_background not in ("singletons", "segment"):
-        raise ValueError(
-            f"pred_background must be 'singletons' or 'segment', got {pred_background!r}"
-        )
-    p, g, sweep = _swept_inputs(pred, gt, thresholds)
-    gt_segments, _ = ndimage.label(g, structure=_FOUR)
-    best: dict[str, float] = {}
-    for t in sweep:
-        v_rand, v_split, v_merge = _rand_fscore(gt_segments, p > t, pred_background)
-        if not best or np.isnan(best["v_rand"]) or v_rand > best["v_rand"]:
-            best = {
-                "rand_error": 1.0 - v_rand,
-                "v_rand": v_rand,
-                "v_rand_split": v_split,
-                "v_rand_merge": v_merge,
-                "threshold": t,
-            }
+def _best(values: list[float]) -> float:
+    """Fiji's maximum: start at 0, keep a value only when strictly larger (NaN never is)."""
+    best = 0.0
+    for value in values:
+        if value > best:
+            best = value
     return best
 
 
-def rand_error(
-    pred: np.ndarray | torch.Tensor,
-    gt: np.ndarray | torch.Tensor,
-    *,
-    thresholds: Sequence[float] | None = None,
-    pred_background: Literal["singletons", "segment"] = "singletons",
-) -> float:
-    """Foreground-restricted Rand error ``1 - max_t V_rand`` (ISBI 2012); see :func:`rand_scores`.
-
-    Worked example: gt = one 1x5 cell; the prediction marks its middle pixel as membrane, giving
-    segments of 2 and 2 pixels plus a singleton. Ordered pairs of distinct pixels: gt 5*4 = 20,
-    prediction 2*1 + 2*1 = 4, in both 4, so V_rand = 2*4 / (20 + 4) = 1/3; the error is 2/3.
-    """
-    scores = rand_scores(pred, gt, thresholds=thresholds, pred_background=pred_background)
-    return scores["rand_error"]
+def _pixel_error(p: np.ndarray, g: np.ndarray, thresholds: Sequence[float]) -> float:
+    """1 - the best F-score of interior pixels over thresholds, counts added over the stack."""
+    values = p.astype(np.float64)
+    scores = []
+    for th in thresholds:
+        interior = values > th
+        tp = np.count_nonzero(interior & g)
+        fp = np.count_nonzero(interior & ~g)
+        fn = np.count_nonzero(~interior & g)
+        scores.append(_fscore(float(tp), float(fp), float(fn)))
+    return 1.0 - _best(scores)
 
 
-# --------------------------------------------------------------------------------------------
-# ISBI 2012: warping error
-# --------------------------------------------------------------------------------------------
-
-# 8-neighbourhood of a pixel in clockwise order; bit k of a neighbour code is offset k.
-_RING: tuple[tuple[int, int], ...] = (
-    (-1, -1),
-    (-1, 0),
-    (-1, 1),
-    (0, 1),
-    (1, 1),
-    (1, 0),
-    (1, -1),
-    (0, -1),
-)
-
-
-def _count_components(cells: list[tuple[int, int]], diagonal: bool) -> list[set]:
-    """Connected components of a set of neighbourhood cells (4- or 8-adjacency)."""
-    remaining = set(cells)
-    components = []
-    while remaining:
-        stack = [remaining.pop()]
-        component = set(stack)
-        while stack:
-            y, x = stack.pop()
-            for other in list(remaining):
-                dy, dx = abs(other[0] - y), abs(other[1] - x)
-                if dy + dx == 1 or (diagonal and dy == 1 and dx == 1):
-                    remaining.remove(other)
-                    component.add(other)
-                    stack.append(other)
-        components.append(component)
-    return components
-
-
-@functools.cache
-def _simple_lut() -> np.ndarray:
-    """256-entry table: is the centre pixel simple for (4, 8) topology given its 8 neighbours?
-
-    The centre is simple iff T4(p, X) = 1 and T8(p, X') = 1 (Bertrand 1994): exactly one
-    4-component of foreground neighbours is 4-adjacent to p, and the background neighbours form
-    exactly one 8-component. The answer does not depend on the centre's own value, so one table
-    serves both deletions and additions.
-    """
-    lut = np.zeros(256, dtype=bool)
-    for code in range(256):
-        fg = [off for bit, off in enumerate(_RING) if code >> bit & 1]
-        bg = [off for bit, off in enumerate(_RING) if not code >> bit & 1]
-        t4 = sum(
-            1
-            for comp in _count_components(fg, diagonal=False)
-            if any(abs(y) + abs(x) == 1 for y, x in comp)
-        )
-        t8 = len(_count_components(bg, diagonal=True))
-        lut[code] = t4 == 1 and t8 == 1
-    return lut
-
-
-def _warp(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Warp boolean ``gt`` toward boolean ``pred`` by flipping simple disagreeing pixels.
-
-    Pixels are visited in four interleaved sub-lattices (y % 2, x % 2). Two pixels of one
-    sub-lattice are never 8-neighbours, so each one's 3x3 neighbourhood is untouched by the
-    others' flips and all simple pixels of a sub-lattice can be flipped at once, exactly as a
-    sequential scan would. Sweeps repeat until none of the four sub-lattices flips a pixel.
-    The warp is not unique; this order makes it deterministic.
-    """
-    h, w = gt.shape
-    lut = _simple_lut()
-    padded = np.zeros((h + 2, w + 2), dtype=bool)  # outside the image counts as background
-    padded[1:-1, 1:-1] = gt
-    warped = padded[1:-1, 1:-1]  # view
-    lattices = [(oy, ox) for oy in (0, 1) for ox in (0, 1)]
-    changed = True
-    while changed:
-        changed = False
-        for oy, ox in lattices:
-            disagree = warped[oy::2, ox::2] != pred[oy::2, ox::2]
-            ys, xs = np.nonzero(disagree)
-            if ys.size == 0:
-                continue
-            ys = ys * 2 + oy + 1  # coordinates in the padded array
-            xs = xs * 2 + ox + 1
-            code = np.zeros(ys.size, dtype=np.uint8)
-            for bit, (dy, dx) in enumerate(_RING):
-                code |= padded[ys + dy, xs + dx].astype(np.uint8) << bit
-            simple = lut[code]
-            if simple.any():
-                padded[ys[simple], xs[simple]] ^= True
-                changed = True
-    return warped.copy()
-
-
-def warping_scores(
-    pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, *, threshold: float = 0.5
-) -> dict[str, Any]:
-    """Warping error with the warped ground truth (Jain et al. 2010).
-
-    Args:
-        pred: (H, W) interior map (module docstring), binarised as ``> threshold``.
-        gt: (H, W) ground truth, same convention and threshold.
-        threshold: binarisation threshold for both maps.
-
-    Returns:
-        ``warping_error`` (fraction of pixels where the warped gt differs from the prediction),
-        ``warped_gt`` ((H, W) bool numpy array, same topology as gt) and ``error_mask`` ((H, W)
-        bool, the disagreeing pixels).
-    """
-    t = _check_threshold(threshold)
-    p = _interior_values(pred, "pred") > t
-    g = _interior_values(gt, "gt") > t
-    _check_same_shape(p, g)
-    warped = _warp(g, p)
-    error_mask = warped != p
+def _segment_scores(
+    p: np.ndarray, g: np.ndarray, thresholds: Sequence[float], wanted: set[str]
+) -> dict[str, float]:
+    """Rand error (counts over the stack) and V_rand / V_info after thinning (slice mean)."""
+    values = p.astype(np.float64)
+    cells = [ndimage.label(slice_, structure=FOUR)[0] for slice_ in g]
+    rand, v_rand, v_info = [], [], []
+    for th in thresholds:
+        totals = np.zeros(3)
+        f_rand = f_info = 0.0
+        for k, gt in enumerate(cells):
+            interior = values[k] > th
+            if "rand_error" in wanted:
+                totals += _rand_counts(gt, ndimage.label(interior, structure=FOUR)[0])
+            if wanted & {"v_rand_thin", "v_info_thin"}:
+                thinned = thin_borders(interior)
+                if "v_rand_thin" in wanted:
+                    f_rand += _fscore(*_rand_counts(gt, thinned))
+                if "v_info_thin" in wanted:
+                    f_info += _info_fscore(gt, thinned)
+        rand.append(_fscore(*totals))
+        v_rand.append(f_rand / len(cells))
+        v_info.append(f_info / len(cells))
     return {
-        "warping_error": float(np.count_nonzero(error_mask) / p.size),
-        "warped_gt": warped,
-        "error_mask": error_mask,
+        "rand_error": 1.0 - _best(rand),
+        "v_rand_thin": _best(v_rand),
+        "v_info_thin": _best(v_info),
     }
 
 
-def warping_error(
-    pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, *, threshold: float = 0.5
-) -> float:
-    """Topology-aware warping error (Jain et al. 2010); see :func:`warping_scores`.
+def _warping_error(p: np.ndarray, g: np.ndarray, thresholds: Sequence[float]) -> float:
+    """The fewest splits + mergers left after warping, over thresholds, per stack pixel."""
+    best = float("inf")  # Fiji: Double.MAX_VALUE
+    for th in thresholds:
+        errors = 0
+        for probs, gt in zip(p, g, strict=True):
+            warped, ys, xs = sequential_warp(gt, probs, th)
+            splits, mergers = count_splits_and_mergers(
+                warped, ys, xs, blank_components=bool(gt.all())
+            )
+            errors += splits + mergers
+        error = errors / g.size
+        if error < best:
+            best = error
+    return best
 
-    A boundary moved by a pixel costs nothing (those pixels are simple and get warped away),
-    whereas a cell cut in two leaves at least one pixel of the cut that cannot be flipped
-    without merging the two halves again.
+
+def isbi2012(
+    probabilities: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    scores: Sequence[str] = ISBI2012_SCORES,
+    thresholds: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """The ISBI 2012 challenge's scores of one slice or a stack, as its Fiji evaluation prints.
+
+    Worked example: a 3x7 slice, one 1x5 cell in a frame of membrane, and a prediction (0 or 1)
+    that calls the cell's middle pixel membrane. Rand: n = 5, predicted segments of 2 + 2
+    pixels and one singleton: TP = 2^2 + 2^2 + 1 = 9 of 5^2 = 25 same-cell pairs, so recall =
+    9/25, precision = 1 and the Rand error is 1 - 2 (9/25) / (1 + 9/25) = 8/17 (the adapted
+    Rand error of :mod:`.isbi_legacy`: 2/3). Pixel: TP = 4, FN = 1, F = 8/9, error 1/9.
+    Warping: the middle pixel cannot be flipped without cutting the cell, so it stays a split:
+    1/21 at every threshold.
+
+    Args:
+        probabilities: (H, W) or (N, H, W) probability of cell interior: floats in [0, 1]
+            (stored as float32, the submission format), 8-bit 0..255 or bool.
+        labels: same shape, 0 = membrane, 1 or 255 (or True) = cell interior.
+        scores: the subset of :data:`ISBI2012_SCORES` to compute (the warping error and the
+            thinning take most of the time).
+        thresholds: binarisation thresholds for every score instead of the challenge's
+            (:data:`ISBI2012_THRESHOLDS`, :data:`ISBI2012_WARPING_THRESHOLDS`), e.g.
+            ``(0.5,)`` for the scores of the 0.5 decision.
+
+    Returns:
+        A dict with the requested keys: ``rand_error``, ``pixel_error``, ``warping_error``
+        (lower is better) and ``v_rand_thin``, ``v_info_thin`` (higher is better), floats.
+
+    Raises:
+        ValueError: shapes differ or are not (H, W) / (N, H, W), probabilities outside
+            [0, 1], labels not binary, an unknown score or a threshold outside [0, 1].
     """
-    return warping_scores(pred, gt, threshold=threshold)["warping_error"]
+    unknown = [s for s in scores if s not in ISBI2012_SCORES]
+    if unknown or not scores:
+        raise ValueError(
+            f"scores must be a non-empty subset of {list(ISBI2012_SCORES)}, got {list(scores)}"
+        )
+    if thresholds is not None:
+        thresholds = [float(t) for t in thresholds]
+        if not thresholds or not all(0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(
+                f"thresholds must be a non-empty list of values in [0, 1], got {thresholds}; "
+                "pass None for the challenge's sweeps"
+            )
+    p, g = _stacks(probabilities, labels)
+    sweep = ISBI2012_THRESHOLDS if thresholds is None else thresholds
+    wanted = set(scores)
+    result: dict[str, float] = {}
+    if "pixel_error" in wanted:
+        result["pixel_error"] = _pixel_error(p, g, sweep)
+    segment_keys = wanted & {"rand_error", "v_rand_thin", "v_info_thin"}
+    if segment_keys:
+        segment = _segment_scores(p, g, sweep, segment_keys)
+        result.update({k: segment[k] for k in segment_keys})
+    if "warping_error" in wanted:
+        warp_sweep = ISBI2012_WARPING_THRESHOLDS if thresholds is None else thresholds
+        result["warping_error"] = _warping_error(p, g, warp_sweep)
+    return {k: result[k] for k in ISBI2012_SCORES if k in result}

@@ -10,6 +10,7 @@ caller's array (`out`). The tile plan comes from `pixelwise.tiling.plan`, the au
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -59,10 +60,13 @@ def predict(
         model: U-Net or FCN (anything with the geometry API, `pixelwise.models.Geometry`)
             returning logits (N, K, h, w). It is run in eval mode under
             torch.inference_mode(); its training flag, device and memory format are restored.
-        image: (H, W) or (C, H, W), already normalised: numpy array, torch tensor, or an array
-            read by regions (np.memmap, tifffile.memmap, zarr array, e.g.
-            `zarr.open(tifffile.imread(path, aszarr=True))`). Only the region each tile needs is
-            read and cast to float32, so integer images are accepted.
+        image: (H, W) or (C, H, W), already normalised as the network's input (float): numpy
+            array, torch tensor, or an array read by regions (np.memmap, tifffile.memmap, zarr
+            array, e.g. `zarr.open(tifffile.imread(path, aszarr=True))`). Only the region each
+            tile needs is read and cast to float32. An integer image (raw uint8/uint16 pixels)
+            is run as it is, cast but not scaled or standardised, with a UserWarning: for raw
+            images use `pixelwise.Segmenter.from_checkpoint(path).predict(image)`, which
+            applies the checkpoint's normalisation.
         options: how to tile and run (`PredictOptions`); default `PredictOptions()`.
         output: "probs" → (K, H, W) float32 softmax probabilities; "logits" → (K, H, W) float32
             logits; "labels" → (H, W) class map, uint8 if K ≤ 256 else uint16.
@@ -90,6 +94,7 @@ def predict(
     options.check_model(model)
     source = _as_source(image)
     channels, height, width = _image_dims(source)
+    _warn_if_raw(source)
     expected = getattr(model, "hparams", {}).get("in_channels")
     if expected is not None and expected != channels:
         raise ValueError(
@@ -324,6 +329,21 @@ def _as_source(image: Any) -> Any:
     if all(hasattr(image, a) for a in ("shape", "ndim", "dtype", "__getitem__")):
         return image
     return np.asarray(image)
+
+
+def _warn_if_raw(source: Any) -> None:
+    """One UserWarning per call for integer pixels: the engine expects normalised floats."""
+    dtype = np.dtype(source.dtype)
+    if np.issubdtype(dtype, np.integer):
+        warnings.warn(
+            f"tiling.predict got an image of dtype {dtype} (raw pixels?); it expects the "
+            f"network's normalised float input and only casts it to float32. For raw images "
+            f"use pixelwise.Segmenter.from_checkpoint(path).predict(image), which applies the "
+            f"checkpoint's normalisation, or pass pixelwise.data.to_chw_float(image, "
+            f"normalization=meta['normalization'])",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _image_dims(source: Any) -> tuple[int, int, int]:

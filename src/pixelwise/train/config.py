@@ -1,8 +1,13 @@
-"""The training configuration: `TrainConfig`, its one check, its YAML form and its option help.
+"""The training configuration: `TrainConfig`, its defaults, its one check, its YAML form and its
+option help.
 
 Each field carries its help text in `dataclasses.field(metadata={"help": ...})`; the command line
 (`pixelwise train --help`) reads it from there, so an option is described in this file only.
 Training itself (`pixelwise.train.loop`) reads nothing but a `TrainConfig`.
+
+Two sets of defaults: `PLAIN_DEFAULTS` for semantic classes and `INSTANCE_DEFAULTS` for objects
+(`instances=True`). The options they name default to None, "not set", and `TrainConfig`
+resolves them once, when it is built (`resolve_defaults`); see the class docstring.
 """
 
 from __future__ import annotations
@@ -16,10 +21,46 @@ from typing import Any
 import yaml
 
 from pixelwise.checks import choice_message
+from pixelwise.data.targets import TARGET_CLASS_NAMES
+from pixelwise.instances.postprocess import TARGETS
 from pixelwise.precision import AUTOCAST_DTYPES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "poly", "cosine", "plateau")
+
+PLAIN_DEFAULTS: dict[str, Any] = {
+    "target": None,
+    "steps": 1000,
+    "max_minutes": None,
+    "patch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "schedule": "poly",
+    "val_every": 100,
+    "weighted": False,
+}
+"""The defaults of the options left unset, for semantic classes (`instances` False)."""
+
+INSTANCE_DEFAULTS: dict[str, Any] = {
+    "target": "three-class",
+    "model_args": {"padding": "same", "batch_norm": True, "base_channels": 32, "depth": 4},
+    "steps": 1_000_000,
+    "max_minutes": 30.0,
+    "patch_size": 256,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "schedule": "cosine",
+    "val_every": 100,
+    "weighted": {"two-class": True, "three-class": False},
+}
+"""The defaults of the options left unset, for objects (`instances=True`); the one place to
+change them. A value given per target (a dict keyed by the TARGETS) follows the resolved target.
+`model_args` are U-Net options: they fill in the keys `model_args` leaves out when the model is
+"unet". `steps` is large so that the time budget `max_minutes` ends the run and shapes the
+schedule; with `steps` set and `max_minutes` not, the steps decide (no time budget)."""
+
+AUTO_FIELDS = tuple(PLAIN_DEFAULTS)
+"""The options that default to None ("not set") and are resolved when a `TrainConfig` is built."""
 
 
 @dataclasses.dataclass
@@ -28,6 +69,25 @@ class TrainConfig:
 
     The help of every option is in its field's metadata (`option_help()` lists them); the
     command line turns each field into a flag (`patch_size` → `--patch-size`).
+
+    Defaults for objects: the options of `AUTO_FIELDS` (target, steps, max_minutes,
+    patch_size, optimizer, lr, schedule, val_every, weighted) default to None, "not set", and
+    are resolved when the config is built (`__post_init__` → `resolve_defaults`): options given
+    are kept; the others take `INSTANCE_DEFAULTS` when `instances` is True, else
+    `PLAIN_DEFAULTS` (today's values: 1000 steps, patch 128, SGD at 0.01, poly, ...). Details:
+
+    * `target`, with `instances` and not given: the target of a given `num_classes` or
+      `class_names` count (2 → "two-class", 3 → "three-class"), else the instance default;
+    * `max_minutes`, with `instances`: the instance budget only when `steps` is not given
+      either (given steps decide alone);
+    * a value `INSTANCE_DEFAULTS` gives per target (`weighted`: the two-class target's border
+      weights on, three-class off) follows the resolved target;
+    * `model_args` (model "unet"): the instance keys the given `model_args` lack are added.
+
+    A built config holds only resolved values, so `to_yaml` (config.yaml) records what the run
+    used and `from_yaml` of it gives an equal config (a resumed run is exact). Set `instances`
+    when building the config: changing it on a built config resolves nothing again (`check`
+    then asks for a target).
     """
 
     # Data
@@ -69,7 +129,20 @@ class TrainConfig:
     )
     instances: bool = field(
         default=False,
-        metadata={"help": "masks hold instance labels (0 = background, 1..K = objects)"},
+        metadata={
+            "help": "masks hold instance labels (0 = background, 1..K = objects): train for "
+            "objects, with the instance defaults for the options not given (see target)"
+        },
+    )
+    target: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --instances, what the model learns: three-class (background, "
+            "interior, one-pixel inner boundary, derived from the instance labels) or "
+            "two-class (background/object, the U-Net paper's, border weights on by default); a "
+            "--num-classes or --class-names count of 2 or 3 chooses it too; the "
+            "post-processing is tuned on the validation images at the end"
+        },
     )
     class_names: list[str] | None = field(
         default=None,
@@ -91,24 +164,30 @@ class TrainConfig:
         },
     )
     # Optimisation
-    steps: int = field(default=1000, metadata={"help": "optimisation steps in all"})
+    steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "optimisation steps in all (with --instances and no --steps, the time "
+            "budget decides)"
+        },
+    )
     batch_size: int = field(
         default=4, metadata={"help": "tiles per step (per process under torchrun)"}
     )
-    patch_size: int = field(
-        default=128,
+    patch_size: int | None = field(
+        default=None,
         metadata={
             "help": "labelled size of each training tile (rounded up to a size the net gives)"
         },
     )
-    optimizer: str = field(
-        default="sgd", metadata={"help": "sgd (momentum 0.99, as the U-Net paper), adam, adamw"}
+    optimizer: str | None = field(
+        default=None, metadata={"help": "sgd (momentum 0.99, as the U-Net paper), adam, adamw"}
     )
-    lr: float = field(default=0.01, metadata={"help": "learning rate"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate"})
     momentum: float = field(default=0.99, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
-    schedule: str = field(
-        default="poly",
+    schedule: str | None = field(
+        default=None,
         metadata={
             "help": "constant, poly (power 0.9), cosine, plateau (lr × 0.1 after `patience` "
             "validations without a lower validation loss)"
@@ -122,8 +201,8 @@ class TrainConfig:
     reduction: str = field(
         default="mean", metadata={"help": "mean, or sum (FCN's unnormalised loss)"}
     )
-    weighted: bool = field(
-        default=False,
+    weighted: bool | None = field(
+        default=None,
         metadata={
             "help": "U-Net border weights between touching objects (w0, sigma) and class balance; "
             "objects come from instance masks, else from connected components (which merge "
@@ -160,7 +239,13 @@ class TrainConfig:
     device: str | None = field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda when available)"}
     )
-    val_every: int = field(default=100, metadata={"help": "validate and checkpoint every N steps"})
+    val_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "validate and checkpoint every N steps (instance runs: object scores, and "
+            "the best checkpoint by the DSB score)"
+        },
+    )
     log_every: int = field(
         default=10,
         metadata={
@@ -173,14 +258,27 @@ class TrainConfig:
         metadata={
             "help": "time budget: stop, validate and checkpoint once this much training time is "
             "spent; poly/cosine anneal over the steps the budget allows; a resumed run counts "
-            "the time already spent; timed runs are not bit-reproducible"
+            "the time already spent; timed runs are not bit-reproducible (with --instances, "
+            "the instance budget only when --steps is not given)"
         },
     )
+
+    def __post_init__(self) -> None:
+        """Fill in the options left unset (`resolve_defaults`)."""
+        resolve_defaults(self)
 
     def check(self) -> None:
         """Raise ValueError for an option outside its range, naming the fix."""
         if not self.data:
             raise ValueError("data is required: pass the dataset folder")
+        self._check_target()
+        unresolved = [name for name in AUTO_FIELDS if getattr(self, name) is None
+                      and PLAIN_DEFAULTS[name] is not None]  # fmt: skip
+        if unresolved:
+            raise ValueError(
+                f"{', '.join(unresolved)} not set: build the config with TrainConfig(...), "
+                "from_dict or from_yaml, which fill in the defaults, instead of setting None"
+            )
         checks = [
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -201,6 +299,34 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+    def _check_target(self) -> None:
+        """The target: one of TARGETS, only with instance masks, agreeing with the classes."""
+        if self.target is None:
+            if self.instances:
+                raise ValueError(
+                    f"instances=True needs a target ({', '.join(TARGETS)}); build the config "
+                    "with instances=True (which chooses the default target) or pass --target"
+                )
+            return
+        if self.target not in TARGETS:
+            raise ValueError(choice_message("target", self.target, TARGETS))
+        if not self.instances:
+            raise ValueError(
+                f"target {self.target!r} is derived from instance masks: pass --instances "
+                "(instances=True) with masks of instance ids, or no target for semantic classes"
+            )
+        n = len(TARGET_CLASS_NAMES[self.target])
+        if self.num_classes is not None and self.num_classes != n:
+            raise ValueError(
+                f"target {self.target!r} has {n} classes, got num_classes {self.num_classes}; "
+                "leave --num-classes out (the target sets it)"
+            )
+        if self.class_names is not None and len(self.class_names) != n:
+            raise ValueError(
+                f"target {self.target!r} has {n} classes, got {len(self.class_names)} "
+                f"class_names {self.class_names}; give {n} names or none"
+            )
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build from a dict (e.g. a YAML file); unknown keys raise, listing the known ones."""
@@ -213,17 +339,67 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
         """Read a YAML mapping of option: value (a saved `config.yaml`, or one written by hand)."""
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot read the YAML config ({e})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config must be a mapping of option: value")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_yaml_options(path), source=str(path))
 
     def to_yaml(self) -> str:
         """The YAML text `from_yaml` reads back into an equal config."""
         return yaml.safe_dump(dataclasses.asdict(self))
+
+
+def read_yaml_options(path: str | os.PathLike) -> dict[str, Any]:
+    """The option: value mapping of a YAML file, unresolved (the command line adds its flags
+    before the config is built)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the YAML config ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config must be a mapping of option: value")
+    return values
+
+
+def default_help(name: str) -> str:
+    """The defaults of option `name` as `--help` shows them, e.g. "(default: 128) (with
+    --instances: 256)"; "" for an option whose help states its default."""
+    field_ = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    if "default:" in field_.metadata["help"]:
+        return ""
+    if name not in AUTO_FIELDS:
+        return f"(default: {None if field_.default is dataclasses.MISSING else field_.default})"
+    text = f"(default: {PLAIN_DEFAULTS[name]})"
+    if name not in INSTANCE_DEFAULTS:
+        return text
+    value = INSTANCE_DEFAULTS[name]
+    if isinstance(value, dict):
+        value = ", ".join(f"{v} for {target}" for target, v in value.items())
+    if name == "max_minutes":
+        value = f"{value} when --steps is not given"
+    return f"{text} (with --instances: {value})"
+
+
+def resolve_defaults(cfg: TrainConfig) -> None:
+    """Fill in the options `cfg` leaves unset (None) with the plain or the instance defaults.
+
+    The one place defaults are chosen (see the `TrainConfig` docstring for the rules). Values
+    already set are kept, so resolving a resolved config changes nothing.
+    """
+    steps_given = cfg.steps is not None
+    if cfg.instances and cfg.target is None:
+        count = cfg.num_classes or (len(cfg.class_names) if cfg.class_names else None)
+        by_count = {len(names): target for target, names in TARGET_CLASS_NAMES.items()}
+        cfg.target = by_count.get(count, INSTANCE_DEFAULTS["target"])
+    defaults = INSTANCE_DEFAULTS if cfg.instances else PLAIN_DEFAULTS
+    for name in AUTO_FIELDS:
+        if getattr(cfg, name) is not None:
+            continue
+        value = defaults.get(name, PLAIN_DEFAULTS[name])
+        if name == "max_minutes" and steps_given:
+            value = None  # the steps given decide
+        if isinstance(value, dict):  # per target
+            value = value.get(cfg.target, PLAIN_DEFAULTS[name])
+        setattr(cfg, name, value)
+    if cfg.instances and cfg.model == "unet":
+        cfg.model_args = INSTANCE_DEFAULTS.get("model_args", {}) | cfg.model_args
 
 
 def option_help() -> dict[str, str]:

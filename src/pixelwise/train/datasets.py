@@ -21,12 +21,17 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
 
     `cfg.val_data` or `cfg.val_split` name a separate validation set (normalised as the training
     set); else a seeded `cfg.val_fraction` of the images is held out (none of a single image).
+    Both serve the masks of `cfg.target` when it is set (derived from the instance labels,
+    which they also keep for border weights and object scores).
     """
     opts = dict(
         layout=cfg.layout,
-        num_classes=cfg.num_classes,
+        # With a target, the instance masks decode to background/object and the target's
+        # classes are derived from their ids (SegmentationDataset.num_classes gives its count).
+        num_classes=2 if cfg.target is not None else cfg.num_classes,
         ignore_index=cfg.ignore_index,
         instances=cfg.instances,
+        target=cfg.target,
     )
     weight_fn = border_weight_fn(cfg) if cfg.weighted else None
     train = load_dataset(cfg.data, split=cfg.split, weight_fn=weight_fn, **opts)
@@ -43,6 +48,7 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
         [train.samples[i] for i in val_idx],
         encoding=train.encoding,
         normalization=train.normalization,
+        target=train.target,
     )
     train.samples = [train.samples[i] for i in train_idx]
     return train, val
@@ -51,8 +57,10 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
 def border_weight_fn(cfg: TrainConfig) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
     """`fn(mask, instances)` → the U-Net weight map (H, W) with `cfg.w0` and `cfg.sigma`.
 
-    Without instance labels, objects are connected components of the foreground, which merge
-    touching objects: pass instance masks to weight their gaps.
+    The border term comes from the objects, the class balance from `mask`, the served mask
+    (with a target: its two or three classes). Without instance labels, objects are connected
+    components of the foreground, which merge touching objects: pass instance masks to weight
+    their gaps.
     """
     return _BorderWeights(w0=cfg.w0, sigma=cfg.sigma, ignore_index=cfg.ignore_index)
 

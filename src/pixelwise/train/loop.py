@@ -18,10 +18,16 @@ and logs.
 Stopping: after `cfg.steps` steps; after `stop_after` steps; on Ctrl-C or SIGTERM (the step in
 flight is finished, the last checkpoint saved; a second signal interrupts at once); or once
 `cfg.max_minutes` of training time are spent (validated and checkpointed as at the last step).
+
+Instance runs (`cfg.target` set, `pixelwise.train.objects`): every validation also scores the
+objects, and the best checkpoint is the one of the best DSB score; a run that ends by its steps
+or its time budget then tunes the post-processing on the validation images and records it in
+best.safetensors (not an interrupted one: resume it, and it tunes when it ends).
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from collections.abc import Callable
@@ -74,6 +80,9 @@ def train(
 ) -> TrainResult:
     """Train a model as `cfg` says; write checkpoints, logs and curves to `cfg.out`.
 
+    An instance run (`cfg.target`) that ends by its steps or its time budget then tunes the
+    post-processing on the validation images and records it in best.safetensors (rank 0).
+
     Args:
         cfg: the run's configuration.
         resume: continue from `cfg.out/last.safetensors` exactly where it stopped.
@@ -96,6 +105,7 @@ def train(
         every=cfg.log_every,
         enabled=progress and context.main,
         log=log,
+        budget_minutes=cfg.max_minutes,
     )
     state.start_session()
     reason = should_stop(cfg, state, stop_after)
@@ -104,7 +114,9 @@ def train(
             while reason is None:
                 train_step(run, state, next(batches))
                 lr = run.optimizer.param_groups[0]["lr"]
-                shown.update(state.step, state.running, state.images_per_second(), lr)
+                shown.update(
+                    state.step, state.running, state.images_per_second(), lr, state.seconds_now()
+                )
                 share_clock_and_signals(run, state, signals)
                 reason = should_stop(cfg, state, stop_after)
                 if due_for_validation(cfg, state):
@@ -118,6 +130,10 @@ def train(
     _log_stop(run, state, reason, log)
     if context.world_size > 1 and dist.is_initialized():
         dist.barrier()
+    if reason in ("steps", "time") and cfg.target is not None and context.main:
+        from pixelwise.train.objects import tune_best_checkpoint
+
+        tune_best_checkpoint(run, state, log)  # rank 0 alone, after the others are released
     return TrainResult(
         run.out, state.step, state.best, reason == "signal", state.history, state.signal
     )
@@ -251,7 +267,10 @@ def _silent(_message: str) -> None:
 
 
 def validate_and_checkpoint(run: Run, state: TrainState, log: Callable[[str], None]) -> None:
-    """Score the validation set, log a row, update the plateau and best; save best and last."""
+    """Score the validation set, log a row, update the plateau and best; save best and last.
+
+    The best checkpoint is the one of the highest `best_metric` so far.
+    """
     cfg = run.cfg
     row = {
         "step": state.step,
@@ -261,34 +280,65 @@ def validate_and_checkpoint(run: Run, state: TrainState, log: Callable[[str], No
         "seconds": state.seconds_now(),
     }
     state.running = []
-    scores = validation_scores(run)
+    scores, probabilities = validation_scores(run)
     row |= scores
     if scores and cfg.schedule == "plateau":
         state.plateau.update(scores["val_loss"], cfg.patience)
     if run.context.main:
         _record(run, state, row)
-        metric = scores.get("val_mean_iou", -row["train_loss"])
-        if state.best is None or metric > state.best["metric"]:
+        metric = best_metric(row)
+        if _improves(metric, state.best):
             state.best = {"metric": metric, "step": state.step, **scores}
+            state.best_probabilities = probabilities
             checkpoint.save(run.model, run.best_path, step=state.step, best=state.best, **run.meta)
         log(format_row(row))
     save_last(run, state)
     run.model.train()
 
 
-def validation_scores(run: Run) -> dict[str, float]:
-    """Rank 0 scores the validation set (`evaluate_dataset`); every rank gets the scores, so
-    that the plateau schedules agree. {} without a validation set."""
+def best_metric(row: dict[str, Any]) -> float:
+    """What chooses the best checkpoint: the objects' DSB score (instance runs), else the mean
+    IoU, else (no validation set) minus the training loss."""
+    for key in ("val_dsb_score", "val_mean_iou"):
+        if key in row:
+            return float(row[key])
+    return -float(row["train_loss"])
+
+
+def _improves(metric: float, best: dict[str, Any] | None) -> bool:
+    """Whether `metric` beats the best so far (a NaN score never does, and is always beaten)."""
+    if best is None:
+        return True
+    if math.isnan(best["metric"]):
+        return not math.isnan(metric)
+    return metric > best["metric"]
+
+
+def validation_scores(run: Run) -> tuple[dict[str, float], list[np.ndarray] | None]:
+    """Rank 0 scores the validation set (`evaluate_dataset`), and in an instance run its
+    objects (`pixelwise.train.objects.object_scores`, on the probabilities of the same pass).
+
+    Every rank gets the scores, so that the plateau schedules agree; rank 0 also gets the
+    probabilities of an instance run (else None). ({}, None) without a validation set.
+    """
     from pixelwise.evaluate import evaluate_dataset  # with matplotlib: only when needed
 
-    scores = {}
+    scores: dict[str, float] = {}
+    probabilities: list[np.ndarray] | None = None
     if run.val_ds is not None and run.context.main:
-        scores = evaluate_dataset(run.model, run.val_ds, device=run.device)
+        probabilities = [] if run.cfg.target is not None else None
+        scores = evaluate_dataset(
+            run.model, run.val_ds, device=run.device, probabilities=probabilities
+        )
+        if probabilities is not None:
+            from pixelwise.train.objects import object_scores
+
+            scores |= object_scores(run, probabilities)
     if run.context.world_size > 1:
         box = [scores]
         dist.broadcast_object_list(box, src=0)
         scores = box[0]
-    return scores
+    return scores, probabilities
 
 
 def _record(run: Run, state: TrainState, row: dict[str, Any]) -> None:

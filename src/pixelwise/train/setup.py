@@ -18,6 +18,7 @@ from torch import nn
 from pixelwise import atomic, checkpoint
 from pixelwise.augment import Augment
 from pixelwise.data import SegmentationDataset
+from pixelwise.data.targets import TARGET_CLASS_NAMES
 from pixelwise.distributed import DistributedContext
 from pixelwise.losses import SegmentationLoss
 from pixelwise.models import build
@@ -77,11 +78,13 @@ def set_up(
         run.writer = open_tensorboard(run.out)
         run.out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run.out / "config.yaml", cfg.to_yaml())
+        budget = f" or {cfg.max_minutes:g} min" if cfg.max_minutes is not None else ""
+        target = f", target {cfg.target}" if cfg.target is not None else ""
         log(
             f"training {cfg.model} ({sum(p.numel() for p in model.parameters()):,} parameters) "
             f"on {len(train_ds)} images ({len(val_ds) if val_ds else 0} for validation), tiles "
-            f"{tile}→{label} px, {cfg.steps} steps of batch {cfg.batch_size}×"
-            f"{context.world_size}, device {device}"
+            f"{tile}→{label} px, {cfg.steps} steps{budget} of batch {cfg.batch_size}×"
+            f"{context.world_size}{target}, device {device}"
         )
     return run, state
 
@@ -174,10 +177,17 @@ def make_loader(
 
 
 def _checkpoint_meta(cfg: TrainConfig, train_ds: SegmentationDataset) -> dict[str, Any]:
-    """Metadata of every checkpoint of the run: what prediction needs, and the config."""
-    return {
+    """Metadata of every checkpoint of the run: what prediction needs, and the config; the
+    `target` of an instance run (so that even an interrupted run's checkpoints have it)."""
+    names = cfg.class_names
+    if names is None and cfg.target is not None:
+        names = list(TARGET_CLASS_NAMES[cfg.target])
+    meta = {
         "normalization": train_ds.normalization,
-        "class_names": cfg.class_names or [f"class {i}" for i in range(train_ds.num_classes)],
+        "class_names": names or [f"class {i}" for i in range(train_ds.num_classes)],
         "ignore_index": cfg.ignore_index,
         "config": asdict(cfg),
     }
+    if cfg.target is not None:
+        meta["target"] = cfg.target
+    return meta

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +40,9 @@ class TrainState:
         started: this session's start on `clock`; elapsed: training seconds in all, as the
             ranks agree after each step; seen: images this session (all ranks); signal: the
             stop signal received by any rank, else None.
+        best_probabilities: instance runs, rank 0: the validation images' (K, H, W)
+            probabilities at the best validation of this session (None before one, and after
+            a resume), kept for tuning the post-processing at the end without predicting again.
     """
 
     step: int = 0
@@ -51,6 +55,7 @@ class TrainState:
     elapsed: float = 0.0
     seen: int = 0
     signal: int | None = None
+    best_probabilities: list[np.ndarray] | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> TrainState:
@@ -96,8 +101,11 @@ class Run:
         model: the bare model (checkpoints, validation); net: what a step calls (`model`, or
             DistributedDataParallel around it).
         autocast: the autocast dtype, or None for full precision.
-        meta: metadata every checkpoint of the run carries (normalisation, class names, config).
+        meta: metadata every checkpoint of the run carries (normalisation, class names, config,
+            and the target of an instance run).
         writer: rank 0's TensorBoard SummaryWriter, when tensorboard is installed.
+        val_instances: the validation images' (H, W) instance labels (instance runs, rank 0),
+            read at the first validation (`pixelwise.train.objects.ground_truth`).
     """
 
     cfg: TrainConfig
@@ -113,6 +121,7 @@ class Run:
     val_ds: SegmentationDataset | None
     meta: dict[str, Any]
     writer: Any | None = None
+    val_instances: list[np.ndarray] | None = None
 
     @property
     def out(self) -> Path:

@@ -1,0 +1,553 @@
+"""Recipe: objects from nuclei images, each pixelwise instance target beside cellpose 3.1.
+
+    python benchmarks/nuclei_instances.py ../shared/data --minutes 10     # about 75 min
+    python benchmarks/nuclei_instances.py ../shared/data --quick          # < 90 s, for CI
+
+The question (issue 11): which pixelwise training target makes the best objects, and how they
+compare with cellpose 3.1 trained from scratch on the same images for the same CPU minutes.
+
+Protocol, one table per data set from one run:
+
+* Data (DATA = ../shared/data). ``dsb2018-dev`` (133 gray images of the 2018 Data Science Bowl
+  collection, instance masks): a fixed split, the ids ordered by the SHA-256 of
+  ``SPLIT_SALT + id`` and the first ``TEST_FRACTION`` (27 images) held out for testing — it
+  depends on the ids alone, not on file order or machine; the lists are in results.json. The
+  Cell Tracking Challenge nuclei ``nuclei/N2DH-GOWT1`` and ``nuclei/N2DL-HeLa``: as in
+  nuclei_weights.py, the last frame of each set (GOWT1 t72, HeLa t79) is held out and one model
+  trains on the other 5 + 3 frames; every frame is normalised on its own (percentiles 1 and
+  99.8, `nuclei_weights.normalize_percentile`: HeLa's uint16 frames carry a ~33000 offset) and
+  written as float32. Training masks are the instance labels as annotated, for every method.
+* pixelwise, one model per target of `pixelwise.instances.TARGETS` ("two-class" with the
+  U-Net paper's border weights, "three-class" interior/boundary): ``TrainConfig(data,
+  instances=True, target=..., max_minutes=M)`` and nothing else, i.e. the instance defaults
+  `pixelwise train DATA --instances --target T` uses (model, patch size, optimiser, schedule
+  shaped by the budget, 20 % of the training images held out to pick the best checkpoint and
+  tune the post-processing). Objects: ``Segmenter.from_checkpoint(best).predict(image)
+  .instances`` on the raw test image (the checkpoint's normalisation and tuned
+  post-processing).
+* cellpose 3.1, a fresh network (``CellposeModel(pretrained_model=False)``: no weights are
+  downloaded, and `forbid_downloads` turns any attempt into an error) trained by
+  ``cellpose.train.train_seg`` on all the training images (pixelwise's validation images
+  included) with the cellpose command line's from-scratch settings (SGD, learning rate 0.2,
+  momentum 0.9, weight decay 1e-5, batch 8, 224 px tiles, training images rescaled to a 30 px
+  mean nucleus diameter). Its budget is the wall time of the longest pixelwise run on that
+  data set (so cellpose never gets less): the flows are computed, one epoch of
+  ``cellpose_timing_steps`` (2) batches at cellpose's first warm-up learning rate (0: it learns
+  nothing) times a step, and ``n_epochs`` is the number of steps the rest of the budget allows,
+  with ``nimg_per_epoch`` = one batch, so cellpose's own schedule (10 warm-up epochs, halvings
+  at the end of long runs) spans the budget (a step estimate off under a changing CPU load
+  makes the measured minutes differ from the budget; the table shows the measured ones).
+  Training images without any nucleus are dropped by cellpose (``min_train_masks=1``); the
+  network trains without mkldnn (faster here). Objects: ``CellposeModel(pretrained_model=
+  <trained>).eval(image, channels=[0, 0])`` with cellpose's defaults (its per-image percentile
+  normalisation; every test image rescaled by the training set's mean nucleus diameter, as
+  cellpose does for a custom model without a size model — on the CTC nuclei one mean for
+  GOWT1's ~60 px and HeLa's ~25 px nuclei).
+* Scores: the same function for every method (`score_objects`): one-to-one matching per test
+  image (`pixelwise.metrics.match_instances`), counts pooled over the images
+  (`pixelwise.metrics.pool_matches`): accuracy = TP / (TP + FP + FN) at IoU 0.5, 0.75, 0.9,
+  F1 at 0.5, the DSB score (mean accuracy over IoU 0.5, 0.55, ..., 0.95). Training minutes
+  are wall minutes of the whole training call (pixelwise: set-up, validation and tuning
+  included; cellpose: flows included). Prediction seconds per megapixel: wall time of
+  predicting every test image (normalisation and post-processing included, after one untimed
+  warm-up image) over their megapixels, on the CPU.
+
+Results go to OUT/results.md and OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common import Run, add_training_options, make_parser, parse_args, write_results
+from nuclei_weights import DATASETS as CTC_SETS
+from nuclei_weights import PERCENTILES, center_crop, normalize_percentile, split_frames
+from pixelwise import Segmenter
+from pixelwise.data import open_dataset, read_image, write_image
+from pixelwise.instances import TARGETS
+from pixelwise.metrics import match_instances, pool_matches
+from pixelwise.train import TrainConfig, train
+
+DSB = "dsb2018-dev"
+CTC = "nuclei"
+SPLIT_SALT = "pixelwise nuclei_instances split v1:"
+TEST_FRACTION = 0.2
+CELLPOSE = "cellpose"
+METHODS = (*TARGETS, CELLPOSE)
+ALL = "all"
+# (results key, column title): the pooled scores of the table.
+SCORES = (
+    ("accuracy@0.5", "accuracy@0.5"),
+    ("f1@0.5", "F1@0.5"),
+    ("accuracy@0.75", "accuracy@0.75"),
+    ("accuracy@0.9", "accuracy@0.9"),
+    ("dsb_score", "DSB score"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What differs between the quick (CI) and the full run.
+
+    dsb_images: (training, test) images of the fixed split used, the first of each in id
+        order; None: all.
+    crop: every image (train and test) is cut to its centre crop × crop window, or None.
+    pixelwise: TrainConfig fields beside data, out, instances, target and seed (quick: a tiny
+        net for a few steps; full: only the time budget, so the instance defaults apply).
+    cellpose_batch, cellpose_bsize: cellpose's training batch and tile size (`bsize`, also
+        used to predict).
+    cellpose_diameter: cellpose's `diam_mean`, the nucleus diameter its images are resized to
+        (30, its command line's default; the quick run's tiny crops take less, for fewer tiles).
+    cellpose_timing_steps: cellpose steps at learning rate 0 that measure its step time.
+    warmup: predict the first test image once untimed before timing the test images.
+    """
+
+    dsb_images: tuple[int, int] | None
+    crop: int | None
+    pixelwise: dict[str, Any] = field(default_factory=dict)
+    cellpose_batch: int = 8
+    cellpose_bsize: int = 224
+    cellpose_diameter: float = 30.0
+    cellpose_timing_steps: int = 2
+    warmup: bool = True
+
+    def pixelwise_options(self, minutes: float) -> dict[str, Any]:
+        """The TrainConfig fields given beside the data: the quick run's, else the budget."""
+        return dict(self.pixelwise) or {"max_minutes": minutes}
+
+
+FULL = Settings(dsb_images=None, crop=None)
+QUICK = Settings(
+    dsb_images=(4, 1),
+    crop=96,
+    pixelwise={
+        "steps": 4,
+        "model_args": {"base_channels": 4, "depth": 2},
+        "patch_size": 32,
+        "batch_size": 2,
+        "val_every": 2,
+    },
+    cellpose_batch=2,
+    cellpose_bsize=64,
+    cellpose_diameter=10.0,
+    cellpose_timing_steps=1,
+    warmup=False,
+)
+# cellpose's command-line defaults for training from scratch (cellpose/cli.py, 3.1).
+CELLPOSE_TRAINING = {"learning_rate": 0.2, "SGD": True, "momentum": 0.9, "weight_decay": 1e-5}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataSet:
+    """One prepared data set: dst/{train,test}/{images,masks}/<name> and each test image's group
+    (its table rows: "all" plus, for the CTC nuclei, "GOWT1" and "HeLa")."""
+
+    name: str
+    root: Path
+    train: list[str]
+    test: list[str]
+    groups: dict[str, str] = field(default_factory=dict)  # test image → group
+
+    def pairs(self, part: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, image, instance mask) of every image of `part` ("train" or "test")."""
+        folder = self.root / part
+        return [
+            (n, read_image(folder / "images" / n), read_image(folder / "masks" / n))
+            for n in getattr(self, part)
+        ]
+
+
+def split_ids(ids: Sequence[str], test_fraction: float = TEST_FRACTION) -> dict[str, list[str]]:
+    """The fixed split: ids ordered by SHA-256(SPLIT_SALT + id), the first round(fraction · n)
+    (at least 1) held out for testing; both lists come back sorted.
+
+    It depends on the set of ids only: the same ids in any order, on any machine, give the same
+    split.
+    """
+    if len(set(ids)) != len(ids) or len(ids) < 2:
+        raise ValueError(
+            f"need at least 2 distinct ids to split, got {len(ids)} ({len(set(ids))} "
+            "distinct); pass the image stems of the data set"
+        )
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}; pass e.g. 0.2")
+    order = sorted(ids, key=lambda i: hashlib.sha256((SPLIT_SALT + i).encode()).hexdigest())
+    n_test = min(len(ids) - 1, max(1, round(test_fraction * len(ids))))
+    return {"train": sorted(order[n_test:]), "test": sorted(order[:n_test])}
+
+
+def _write_pair(dst: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+    write_image(dst / "images" / name, image)
+    write_image(dst / "masks" / name, mask.astype(np.uint16))
+
+
+def prepare_dsb(source: Path, dst: Path, settings: Settings) -> DataSet:
+    """Write the fixed split of dsb2018-dev (images as they are, uint16 instance masks)."""
+    ids = sorted(p.stem for p in (source / "images").glob("*.png"))
+    split = split_ids(ids)
+    if settings.dsb_images is not None:
+        split = {part: split[part][:n] for part, n in zip(split, settings.dsb_images, strict=True)}
+    for part, names in split.items():
+        for i in names:
+            image = center_crop(read_image(source / "images" / f"{i}.png"), settings.crop)
+            mask = center_crop(read_image(source / "masks" / f"{i}.png"), settings.crop)
+            _write_pair(dst / part, f"{i}.png", image, mask)
+    train_names = [f"{i}.png" for i in split["train"]]
+    test_names = [f"{i}.png" for i in split["test"]]
+    return DataSet(DSB, dst, train_names, test_names, dict.fromkeys(test_names, ALL))
+
+
+def prepare_ctc(source: Path, dst: Path, settings: Settings) -> DataSet:
+    """Write GOWT1 + HeLa: all but the last frame of each set to train, that one to test."""
+    data = DataSet(CTC, dst, [], [])
+    for folder, short in CTC_SETS.items():
+        samples = open_dataset(source / folder, layout="folder", instances=True).samples
+        train_frames, held_out = split_frames(samples)
+        for part, frames in (("train", train_frames), ("test", [held_out])):
+            for sample in frames:
+                assert sample.mask_path is not None
+                name = f"{short}_{sample.image_path.stem}.tif"
+                image = center_crop(read_image(sample.image_path), settings.crop)  # (H, W)
+                mask = center_crop(read_image(sample.mask_path), settings.crop)
+                _write_pair(dst / part, name, normalize_percentile(image), mask)
+                getattr(data, part).append(name)
+                if part == "test":
+                    data.groups[name] = short
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Methods: each trains on data.root/train and returns a predictor of one raw image's objects
+# --------------------------------------------------------------------------------------------
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # (H, W) raw image → (H, W) integer objects
+
+
+def train_pixelwise(
+    data: DataSet, out: Path, target: str, settings: Settings, *, minutes: float, seed: int
+) -> tuple[Predictor, dict[str, Any]]:
+    """Train one target with the instance defaults; objects from the best checkpoint."""
+    overrides = settings.pixelwise_options(minutes)
+    cfg = TrainConfig(
+        data=str(data.root / "train"),
+        out=str(out),
+        instances=True,
+        target=target,
+        seed=seed,
+        **overrides,
+    )
+    started = time.perf_counter()
+    result = train(cfg, progress=sys.stderr.isatty())
+    wall = time.perf_counter() - started
+    segmenter = Segmenter.from_checkpoint(result.out / "best.safetensors", device="cpu")
+    info = {
+        "minutes": wall / 60,
+        "steps": result.step,
+        "best_step": (result.best or {}).get("step"),
+        "parameters": sum(p.numel() for p in segmenter.model.parameters()),
+        "postprocessing": segmenter.postprocessing.to_dict() if segmenter.postprocessing else None,
+        "validation_scores": segmenter.meta.get("postprocessing_scores"),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
+    }
+
+    def objects(image: np.ndarray) -> np.ndarray:
+        instances = segmenter.predict(image).instances
+        assert instances is not None  # an instance checkpoint records its target
+        return instances
+
+    return objects, info
+
+
+def cellpose_available() -> bool:
+    """Whether cellpose is installed (the `bench` extra)."""
+    return importlib.util.find_spec("cellpose") is not None
+
+
+def forbid_downloads() -> None:
+    """Make cellpose's one download function raise: no weights may come from the network (none
+    can here), so a code path that would fetch a pretrained or size model fails loudly."""
+    import cellpose.utils
+
+    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(
+            f"cellpose tried to download {url}; this recipe trains from scratch and must not "
+            "fetch weights (build CellposeModel with pretrained_model=False)"
+        )
+
+    cellpose.utils.download_url_to_file = refuse
+
+
+def train_cellpose(
+    data: DataSet, out: Path, settings: Settings, *, budget_s: float, seed: int
+) -> tuple[Predictor, dict[str, Any]]:
+    """Train a fresh cellpose network for `budget_s` wall seconds (see the module docstring)."""
+    forbid_downloads()
+    from cellpose import dynamics, models
+    from cellpose import train as cellpose_train
+
+    pairs = data.pairs("train")
+    images = [image for _, image, _ in pairs]
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    # mkldnn off: this build trains ~25 % faster without it on the CPU.
+    diameter = settings.cellpose_diameter
+    net = models.CellposeModel(
+        gpu=False, pretrained_model=False, mkldnn=False, diam_mean=diameter
+    ).net
+    flows = dynamics.labels_to_flows(  # (4, H, W) each: labels, cell probability, dy, dx
+        [mask.astype(np.int32) for _, _, mask in pairs], device=torch.device("cpu")
+    )
+    run = {
+        "train_data": images,
+        "train_labels": flows,
+        "channels": [0, 0],
+        "batch_size": settings.cellpose_batch,
+        "nimg_per_epoch": settings.cellpose_batch,
+        "bsize": settings.cellpose_bsize,
+        "min_train_masks": 1,
+        "save_path": str(out),
+        "model_name": CELLPOSE,
+        **CELLPOSE_TRAINING,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    setup_s = time.perf_counter() - started
+    # One epoch of a few batches at cellpose's first warm-up learning rate, 0: it times a step
+    # (set-up included) and learns nothing.
+    timing_steps = settings.cellpose_timing_steps
+    timing = {**run, "nimg_per_epoch": timing_steps * settings.cellpose_batch}
+    cellpose_train.train_seg(net, n_epochs=1, **timing)
+    step_s = (time.perf_counter() - started - setup_s) / timing_steps
+    steps = max(1, math.floor((budget_s - (time.perf_counter() - started)) / step_s))
+    path, losses, _ = cellpose_train.train_seg(net, n_epochs=steps, **run)
+    wall = time.perf_counter() - started
+    model = models.CellposeModel(gpu=False, pretrained_model=str(path))  # mkldnn: its default
+    info = {
+        "minutes": wall / 60,
+        "budget_minutes": budget_s / 60,
+        "steps": steps,
+        "step_seconds": step_s,
+        "setup_seconds": setup_s,
+        "final_train_loss": float(losses[-1]),
+        "parameters": sum(p.numel() for p in model.net.parameters()),
+        "mean_diameter": float(model.diam_labels),
+        "settings": {
+            **CELLPOSE_TRAINING,
+            "batch_size": settings.cellpose_batch,
+            "bsize": settings.cellpose_bsize,
+            "nimg_per_epoch": settings.cellpose_batch,
+            "diam_mean": diameter,
+        },
+    }
+
+    def objects(image: np.ndarray) -> np.ndarray:
+        return model.eval(image, channels=[0, 0], bsize=settings.cellpose_bsize)[0]
+
+    return objects, info
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+
+def score_objects(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Pooled scores of a method's objects on some test images: `match_instances` per image,
+    `pool_matches` over them. Every method (pixelwise targets, cellpose) is scored here.
+
+    Args:
+        predicted: (H, W) integer object maps (any ids, 0 = background), one per image.
+        truth: the (H, W) ground-truth instance maps, in the same order.
+    """
+    return pool_matches([match_instances(p, t) for p, t in zip(predicted, truth, strict=True)])
+
+
+def predict_test(
+    objects: Predictor, test: Sequence[tuple[str, np.ndarray, np.ndarray]], *, warmup: bool
+) -> tuple[dict[str, np.ndarray], float]:
+    """(test image → objects, wall seconds of predicting them all), after one untimed
+    prediction of the first image if `warmup`."""
+    if warmup:
+        objects(test[0][1])
+    started = time.perf_counter()
+    maps = {name: objects(image) for name, image, _ in test}
+    return maps, time.perf_counter() - started
+
+
+def table_rows(
+    maps: dict[str, np.ndarray],
+    test: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    groups: dict[str, str],
+    *,
+    minutes: float,
+    seconds: float,
+) -> dict[str, dict[str, Any]]:
+    """rows[group] (each group of `groups`, then "all"): pooled scores, object counts, training
+    minutes and prediction seconds per megapixel (the whole test set's)."""
+    megapixels = sum(image.shape[0] * image.shape[1] for _, image, _ in test) / 1e6
+    members = {g: [t for t in test if groups[t[0]] == g] for g in dict.fromkeys(groups.values())}
+    members[ALL] = list(test)
+    rows = {}
+    for group, items in members.items():
+        pooled = score_objects([maps[name] for name, _, _ in items], [gt for *_, gt in items])
+        rows[group] = {
+            **{key: pooled[key] for key, _ in SCORES},
+            **{key: pooled[key] for key in ("n_pred", "n_gt", "merges", "splits")},
+            "images": len(items),
+            "train_minutes": minutes,
+            "predict_s_per_mp": seconds / megapixels,
+        }
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def results_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Markdown: one row per method × test group (rows[method][group], as `table_rows`)."""
+    titles = " | ".join(title for _, title in SCORES)
+    lines = [
+        f"| method | test images | {titles} | objects pred / GT | training min | prediction s/MP |",
+        "|---|---|" + "---|" * len(SCORES) + "---|---|---|",
+    ]
+    for method, by_group in rows.items():
+        for group, r in by_group.items():
+            scores = " | ".join(f"{r[key]:.3f}" for key, _ in SCORES)
+            lines.append(
+                f"| {method} | {group} ({r['images']}) | {scores} | {r['n_pred']} / {r['n_gt']} "
+                f"| {r['train_minutes']:.1f} | {r['predict_s_per_mp']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def run_data_set(
+    data: DataSet, out: Path, settings: Settings, *, minutes: float, seed: int, cellpose: bool
+) -> dict[str, Any]:
+    """Train and score every method on one prepared data set."""
+    test = data.pairs("test")
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    training: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        if method == CELLPOSE:
+            if not cellpose:
+                continue
+            budget_s = max(t["minutes"] for t in training.values()) * 60
+            objects, info = train_cellpose(
+                data, out / method, settings, budget_s=budget_s, seed=seed
+            )
+        else:
+            objects, info = train_pixelwise(
+                data, out / method, method, settings, minutes=minutes, seed=seed
+            )
+        maps, seconds = predict_test(objects, test, warmup=settings.warmup)
+        rows[method] = table_rows(maps, test, data.groups, minutes=info["minutes"], seconds=seconds)
+        training[method] = info
+    return {"rows": rows, "training": training, "train": data.train, "test": data.test}
+
+
+def describe(prepared: Sequence[DataSet], settings: Settings, minutes: float) -> list[str]:
+    """The header's lines on the data and the methods' settings."""
+    dsb, ctc = prepared
+    crop = f"; centre {settings.crop}×{settings.crop} crops" if settings.crop else ""
+    options = settings.pixelwise_options(minutes)
+    return [
+        f"{dsb.name}: fixed split, {len(dsb.train)} training / {len(dsb.test)} test images; "
+        f"{ctc.name}: {', '.join(ctc.train)} to train, {', '.join(ctc.test)} to test (per-image "
+        f"percentiles {PERCENTILES[0]:g}/{PERCENTILES[1]:g}){crop}",
+        "pixelwise: TrainConfig(instances=True, target=T, "
+        + ", ".join(f"{k}={v}" for k, v in options.items())
+        + f"), objects from best.safetensors; cellpose 3.1 from scratch: {CELLPOSE_TRAINING}, "
+        f"batch {settings.cellpose_batch}, tiles {settings.cellpose_bsize} px, diam_mean "
+        f"{settings.cellpose_diameter:g} px, for the longest pixelwise run's wall time",
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser(__doc__, quick="a tiny run (< 90 s), for CI; cellpose only if installed")
+    add_training_options(
+        parser,
+        name="nuclei_instances",
+        data="the shared data folder (with dsb2018-dev/ and nuclei/)",
+        minutes=10.0,
+        minutes_help="training minutes of each pixelwise model (cellpose gets the longest "
+        "pixelwise run's wall time)",
+    )
+    parser.add_argument(
+        "--data-sets",
+        nargs="+",
+        choices=(DSB, CTC),
+        default=[DSB, CTC],
+        help="which data sets to run (default: both)",
+    )
+    args = parse_args(parser, argv)
+    run = Run("nuclei_instances", argv)
+    settings = QUICK if args.quick else FULL
+    cellpose = cellpose_available()
+    if not cellpose and not args.quick:
+        parser.error(
+            "cellpose is not installed: pip install -e '.[bench]' --constraint "
+            "constraints.txt (or pass --quick to run pixelwise alone)"
+        )
+    data_dir = args.out / "data"
+    shutil.rmtree(data_dir, ignore_errors=True)  # a previous run may have used another crop
+    prepare = {DSB: prepare_dsb, CTC: prepare_ctc}
+    prepared = tuple(
+        prepare[name](args.data / name, data_dir / name, settings)
+        for name in (DSB, CTC)
+        if name in args.data_sets
+    )
+    results: dict[str, Any] = {}
+    for data in prepared:
+        results[data.name] = run_data_set(
+            data,
+            args.out / data.name,
+            settings,
+            minutes=args.minutes,
+            seed=args.seed,
+            cellpose=cellpose,
+        )
+    notes = [] if cellpose else ["cellpose is not installed (the `bench` extra): no cellpose rows"]
+    header = run.header(
+        f"Nuclei instance recipe{' (--quick: centre crops, tiny nets)' if args.quick else ''}",
+        *describe(prepared, settings, args.minutes),
+        *notes,
+    )
+    tables = "\n\n".join(f"### {name}\n\n{results_table(r['rows'])}" for name, r in results.items())
+    text = f"{header}\n\n{tables}\n"
+    print(text)
+    write_results(
+        args.out,
+        text,
+        {
+            "data_sets": results,
+            "settings": asdict(settings),
+            "minutes": args.minutes,
+            "quick": args.quick,
+            "seed": args.seed,
+            "cellpose": cellpose,
+            "notes": notes,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

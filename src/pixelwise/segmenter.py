@@ -1,0 +1,201 @@
+"""The high-level predictor: from a checkpoint and a raw image to probabilities, classes, objects.
+
+`Segmenter` owns what turns one raw image into a `Segmentation` the way the checkpoint says:
+the recorded input normalisation (`pixelwise.data.to_chw_float`), overlap-tile inference
+(`pixelwise.tiling.predict`, the exact engine, with one validated `PredictOptions`) and, for
+instance models, the recorded post-processing (`pixelwise.instances.objects_from_probabilities`
+with `postprocessing_from_metadata(meta)`, and `object_scores`). `pixelwise predict` and
+`pixelwise.inference.predict_files` use it for every image held in memory, so the command line
+and Python make the same objects. It holds one image's maps in memory; images too large for
+that are streamed by `predict_files`.
+
+    segmenter = pixelwise.Segmenter.from_checkpoint("runs/nuclei/best.safetensors")
+    result = segmenter.predict(pixelwise.data.read_image("scan.png"))  # raw uint8/uint16
+    result.instances, result.scores  # (H, W) object ids, (N,) confidences
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from pixelwise import tiling
+from pixelwise.checkpoint import load_state
+from pixelwise.data import to_chw_float
+from pixelwise.distributed import select_device
+from pixelwise.instances import (
+    PostProcessing,
+    object_scores,
+    objects_from_probabilities,
+    postprocessing_from_metadata,
+)
+from pixelwise.tiling import PredictOptions
+
+__all__ = ["Segmentation", "Segmenter"]
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What `Segmenter.predict` returns for one image of H × W pixels.
+
+    Attributes:
+        probabilities: (K, H, W) float32 softmax probabilities, K = the model's classes.
+        labels: (H, W) class map, the argmax of `probabilities` (uint8 for K ≤ 256, else
+            uint16).
+        instances: (H, W) int32 object ids (0 = background, objects 1..N in raster order of
+            their first pixel) for instance models; None for semantic models.
+        scores: (N,) float64 confidence of objects 1..N (their mean foreground probability
+            1 − P(background), the COCO ``score``); None for semantic models.
+    """
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    instances: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
+class Segmenter:
+    """Predict raw images with a model and the records of its checkpoint.
+
+    Args:
+        model: a pixelwise model (UNet, FCN: anything with the geometry API and `hparams`). It
+            runs where its parameters are unless `options.device` says otherwise.
+        meta: the checkpoint's metadata (`pixelwise.read_metadata`): its "normalization" is
+            applied to every image, its "target" / "postprocessing" make the objects. None: no
+            normalisation beyond dtype scaling, no objects (unless `postprocessing` is given).
+        options: how to tile and run (`pixelwise.tiling.PredictOptions`); default
+            `PredictOptions()`.
+        postprocessing: replaces the checkpoint's post-processing record
+            (`postprocessing_from_metadata(meta)`), e.g. `segmenter.postprocessing.replace(
+            min_size=30)`; it also makes a model without a record an instance model.
+        **option_overrides: `PredictOptions` fields replacing those of `options` (tile_size,
+            tta, device, ...).
+
+    Raises:
+        TypeError: an unknown option name, or a model without the geometry API.
+        ValueError: an option the model cannot use (validated once, here), or post-processing
+            for another number of classes than the model's.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        meta: dict[str, Any] | None = None,
+        options: PredictOptions | None = None,
+        postprocessing: PostProcessing | None = None,
+        **option_overrides: Any,
+    ) -> None:
+        self.model = model
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.options = PredictOptions.build(options, **option_overrides)
+        self.options.check_model(model)  # once, before any image
+        if postprocessing is not None and not isinstance(postprocessing, PostProcessing):
+            raise TypeError(
+                f"postprocessing must be a PostProcessing or None, got "
+                f"{type(postprocessing).__name__}; build one with PostProcessing(target=...)"
+            )
+        self.postprocessing = postprocessing or postprocessing_from_metadata(self.meta)
+        hparams = getattr(model, "hparams", {})
+        self.num_classes: int | None = hparams.get("num_classes")
+        self.in_channels: int | None = hparams.get("in_channels")
+        pp = self.postprocessing
+        if pp is not None and self.num_classes not in (None, pp.num_classes):
+            raise ValueError(
+                f"post-processing for target {pp.target!r} needs a model with "
+                f"{pp.num_classes} classes, but this one has {self.num_classes}; pass "
+                f"postprocessing=PostProcessing(target=...) for the model's target"
+            )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        options: PredictOptions | None = None,
+        postprocessing: PostProcessing | None = None,
+        **option_overrides: Any,
+    ) -> Segmenter:
+        """Load a `.safetensors` checkpoint (`pixelwise.checkpoint.load_state`) and keep its
+        metadata; the model goes to `options.device`, by default cuda:LOCAL_RANK when CUDA is
+        available, else the CPU (`pixelwise.distributed.select_device`).
+
+        Args:
+            path: the checkpoint, e.g. `runs/x/best.safetensors`.
+            options, postprocessing, **option_overrides: as for `Segmenter(...)`.
+
+        Raises:
+            CheckpointError: the file is missing or not a pixelwise checkpoint.
+            TypeError, ValueError: as `Segmenter(...)`.
+        """
+        model, meta, _ = load_state(path)
+        options = PredictOptions.build(options, **option_overrides)
+        model.to(select_device(options.device))
+        return cls(model, meta=meta, options=options, postprocessing=postprocessing)
+
+    @property
+    def normalization(self) -> dict[str, Any] | None:
+        """The checkpoint's {"mean", "std", "scale"} input record, or None."""
+        return self.meta.get("normalization")
+
+    @property
+    def is_instance_model(self) -> bool:
+        """Whether `predict` makes objects (the checkpoint or the caller gave post-processing)."""
+        return self.postprocessing is not None
+
+    def predict(self, image: np.ndarray, *, source: str | None = None) -> Segmentation:
+        """Segment one raw image.
+
+        Args:
+            image: (H, W) or (H, W, C) pixels as `pixelwise.data.read_image` returns them, of a
+                dtype the checkpoint accepts (uint8, uint16, float, ... as its training images;
+                the recorded "scale" must match the dtype). Normalised here as the checkpoint
+                records: dtype scaling (uint8 / 255, ...), then (x − mean) / std per channel.
+            source: how error messages name the image (e.g. its file); default "image".
+
+        Returns:
+            The image's `Segmentation`: (K, H, W) probabilities, (H, W) class map and, for
+            instance models, (H, W) int32 objects and their (N,) scores.
+
+        Raises:
+            DataError: NaN values, or a dtype or channel count unlike the training images.
+            ValueError: not an (H, W) or (H, W, C) image with the model's channel count.
+        """
+        x = self.to_input(image, source=source)  # (C, H, W) float32
+        probs = tiling.predict(self.model, x, options=self.options, output="probs")  # (K, H, W)
+        return self.segmentation(probs)
+
+    def to_input(self, image: np.ndarray, *, source: str | None = None) -> np.ndarray:
+        """(H, W) or (H, W, C) raw pixels → the (C, H, W) float32 network input, normalised as
+        the checkpoint records (`pixelwise.data.to_chw_float`); `source` names the image in
+        error messages."""
+        image = np.asarray(image)
+        channels = 1 if image.ndim == 2 else image.shape[-1]
+        if image.ndim in (2, 3) and self.in_channels not in (None, channels):
+            raise ValueError(
+                f"{source or 'image'} of shape {image.shape} has {channels} channel(s) (read as "
+                f"(H, W) or (H, W, C), as pixelwise.data.read_image returns images), but the "
+                f"model takes "
+                f"{self.in_channels}; pass an (H, W, {self.in_channels}) image (a (C, H, W) "
+                f"array becomes one with np.moveaxis(image, 0, -1))"
+            )
+        return to_chw_float(image, normalization=self.normalization, source=source)
+
+    def segmentation(self, probabilities: np.ndarray) -> Segmentation:
+        """The `Segmentation` of (K, H, W) probabilities: class map and, for instance models,
+        objects (`objects_from_probabilities` with `self.postprocessing`) and their scores."""
+        labels = probabilities.argmax(axis=0)  # (H, W)
+        labels = labels.astype(np.uint8 if probabilities.shape[0] <= 256 else np.uint16)
+        if self.postprocessing is None:
+            return Segmentation(probabilities, labels)
+        objects = objects_from_probabilities(probabilities, self.postprocessing)  # (H, W)
+        return Segmentation(probabilities, labels, objects, object_scores(probabilities, objects))
+
+    def __repr__(self) -> str:
+        name = type(self.model).__name__
+        kind = "semantic" if self.postprocessing is None else self.postprocessing.target
+        return f"Segmenter({name}, {self.num_classes} classes, {kind}, {self.options})"
