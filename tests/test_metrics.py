@@ -373,14 +373,6 @@ def test_isbi_label_conventions_on_real_data():
     assert 0 < adapted_rand_error(thinner, label) < 0.2
 
 
-def test_old_isbi_names_keep_their_behaviour():
-    # evaluate and benchmarks/metrics.py still call these; they are the per-image variants.
-    assert metrics.pixel_error is pixel_disagreement
-    assert metrics.rand_error is adapted_rand_error and metrics.rand_scores is adapted_rand_scores
-    assert metrics.warping_error is classic_warping_error
-    assert metrics.warping_scores is classic_warping_scores
-
-
 # ---------------------------------------------------------------- instances
 
 
