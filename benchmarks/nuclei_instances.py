@@ -465,13 +465,17 @@ def run_data_set(
 
 def describe(prepared: Sequence[DataSet], settings: Settings, minutes: float) -> list[str]:
     """The header's lines on the data and the methods' settings."""
-    dsb, ctc = prepared
     crop = f"; centre {settings.crop}×{settings.crop} crops" if settings.crop else ""
     options = settings.pixelwise_options(minutes)
+    parts = [
+        f"{d.name}: fixed split, {len(d.train)} training / {len(d.test)} test images"
+        if d.name == DSB
+        else f"{d.name}: {', '.join(d.train)} to train, {', '.join(d.test)} to test (per-image "
+        f"percentiles {PERCENTILES[0]:g}/{PERCENTILES[1]:g})"
+        for d in prepared
+    ]
     return [
-        f"{dsb.name}: fixed split, {len(dsb.train)} training / {len(dsb.test)} test images; "
-        f"{ctc.name}: {', '.join(ctc.train)} to train, {', '.join(ctc.test)} to test (per-image "
-        f"percentiles {PERCENTILES[0]:g}/{PERCENTILES[1]:g}){crop}",
+        "; ".join(parts) + crop,
         "pixelwise: TrainConfig(instances=True, target=T, "
         + ", ".join(f"{k}={v}" for k, v in options.items())
         + f"), objects from best.safetensors; cellpose 3.1 from scratch: {CELLPOSE_TRAINING}, "
