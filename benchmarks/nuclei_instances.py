@@ -18,7 +18,8 @@ Protocol, one table per data set from one run:
   99.8, `nuclei_weights.normalize_percentile`: HeLa's uint16 frames carry a ~33000 offset) and
   written as float32. Training masks are the instance labels as annotated, for every method.
 * pixelwise, one model per target of `pixelwise.instances.TARGETS` ("two-class" with the
-  U-Net paper's border weights, "three-class" interior/boundary): ``TrainConfig(data,
+  U-Net paper's border weights, "three-class" interior/boundary, "distance" bands of the
+  normalised distance to each object's outside): ``TrainConfig(data,
   instances=True, target=..., max_minutes=M)`` and nothing else, i.e. the instance defaults
   `pixelwise train DATA --instances --target T` uses (model, patch size, optimiser, schedule
   shaped by the budget, 20 % of the training images held out to pick the best checkpoint and
@@ -72,10 +73,9 @@ import numpy as np
 import torch
 
 from common import Run, add_training_options, make_parser, parse_args, write_results
-from nuclei_weights import DATASETS as CTC_SETS
-from nuclei_weights import PERCENTILES, center_crop, normalize_percentile, split_frames
+from nuclei_weights import PERCENTILES, center_crop, ctc_frames
 from pixelwise import Segmenter
-from pixelwise.data import open_dataset, read_image, write_image
+from pixelwise.data import read_image, write_image
 from pixelwise.instances import TARGETS
 from pixelwise.metrics import match_instances, pool_matches
 from pixelwise.train import TrainConfig, train
@@ -217,19 +217,11 @@ def prepare_dsb(source: Path, dst: Path, settings: Settings) -> DataSet:
 def prepare_ctc(source: Path, dst: Path, settings: Settings) -> DataSet:
     """Write GOWT1 + HeLa: all but the last frame of each set to train, that one to test."""
     data = DataSet(CTC, dst, [], [])
-    for folder, short in CTC_SETS.items():
-        samples = open_dataset(source / folder, layout="folder", instances=True).samples
-        train_frames, held_out = split_frames(samples)
-        for part, frames in (("train", train_frames), ("test", [held_out])):
-            for sample in frames:
-                assert sample.mask_path is not None
-                name = f"{short}_{sample.image_path.stem}.tif"
-                image = center_crop(read_image(sample.image_path), settings.crop)  # (H, W)
-                mask = center_crop(read_image(sample.mask_path), settings.crop)
-                _write_pair(dst / part, name, normalize_percentile(image), mask)
-                getattr(data, part).append(name)
-                if part == "test":
-                    data.groups[name] = short
+    for part, short, name, image, mask in ctc_frames(source, settings.crop):
+        _write_pair(dst / part, name, image, mask)
+        getattr(data, part).append(name)
+        if part == "test":
+            data.groups[name] = short
     return data
 
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -171,13 +171,16 @@ def split_frames(samples: Sequence[Sample]) -> tuple[list[Sample], Sample]:
     return list(samples[:-1]), samples[-1]
 
 
-def prepare_data(data: Path, dst: Path, crop: int | None) -> dict[str, Any]:
-    """Write the per-image-normalised copies and masks; return the split and the GT statistics.
+Frame = tuple[str, str, str, np.ndarray, np.ndarray]  # part, set, file name, image, mask
 
-    Layout: dst/train/{images,masks}/<set>_<stem>.tif (float32 images, uint16 instance masks with
-    separating lines) and dst/test/{images,masks}/ (float32 images, masks as annotated).
+
+def ctc_frames(data: Path, crop: int | None) -> Iterator[Frame]:
+    """(part, set, file name, normalised image, instance mask) of every frame of the CTC sets:
+    part "train" for all but the last frame of each set, "test" for that one (`split_frames`).
+
+    Images are cut to their centre `crop` window (None: whole) and normalised on their own
+    (`normalize_percentile`, float32); masks are the uint16 instance labels as annotated.
     """
-    split: dict[str, Any] = {"train": [], "test": [], "ground_truth": {}}
     for folder, short in DATASETS.items():
         samples = open_dataset(data / folder, layout="folder", instances=True).samples
         train_frames, held_out = split_frames(samples)
@@ -186,16 +189,27 @@ def prepare_data(data: Path, dst: Path, crop: int | None) -> dict[str, Any]:
                 assert sample.mask_path is not None
                 name = f"{short}_{sample.image_path.stem}.tif"
                 image = center_crop(read_image(sample.image_path), crop)  # (H, W) uint8/16
-                gt = center_crop(read_image(sample.mask_path), crop).astype(np.uint16)
-                mask = separate_touching(gt) if part == "train" else gt
-                write_image(dst / part / "images" / name, normalize_percentile(image))
-                write_image(dst / part / "masks" / name, mask)
-                split[part].append(name)
-                split["ground_truth"][name] = {
-                    "objects": int(np.unique(gt[gt > 0]).size),
-                    "contact_pairs": count_touching_pairs(gt),
-                    "pairs_within_2px": touching_pairs_separated(gt, gt)[1],
-                }
+                mask = center_crop(read_image(sample.mask_path), crop).astype(np.uint16)
+                yield part, short, name, normalize_percentile(image), mask
+
+
+def prepare_data(data: Path, dst: Path, crop: int | None) -> dict[str, Any]:
+    """Write the per-image-normalised copies and masks; return the split and the GT statistics.
+
+    Layout: dst/train/{images,masks}/<set>_<stem>.tif (float32 images, uint16 instance masks with
+    separating lines) and dst/test/{images,masks}/ (float32 images, masks as annotated).
+    """
+    split: dict[str, Any] = {"train": [], "test": [], "ground_truth": {}}
+    for part, _, name, image, gt in ctc_frames(data, crop):
+        mask = separate_touching(gt) if part == "train" else gt
+        write_image(dst / part / "images" / name, image)
+        write_image(dst / part / "masks" / name, mask)
+        split[part].append(name)
+        split["ground_truth"][name] = {
+            "objects": int(np.unique(gt[gt > 0]).size),
+            "contact_pairs": count_touching_pairs(gt),
+            "pairs_within_2px": touching_pairs_separated(gt, gt)[1],
+        }
     return split
 
 

@@ -7,6 +7,9 @@
   (benchmarks/references.py: the brute-force references the benchmarks time too).
 * `shared_data`: `shared_data("isbi2012")` is the real dataset folder, or the test is skipped.
 * `tiny_unet`: a seeded, narrow U-Net in eval mode for tests that need a real network fast.
+* `instance_checkpoint`: a saved three-class instance checkpoint of `instance_unet()` (random
+  weights that make tens of objects of a textured image) with `INSTANCE_NORM` normalisation and
+  the default post-processing.
 """
 
 from __future__ import annotations
@@ -61,3 +64,31 @@ def tiny_unet() -> Callable[..., UNet]:
         ).eval()
 
     return build
+
+
+INSTANCE_NORM = {"mean": [0.45], "std": [0.1], "scale": 1 / 255}
+"""The normalisation `instance_checkpoint` records (uint8 input)."""
+
+
+def instance_unet() -> UNet:
+    """The tiny three-class U-Net of `instance_checkpoint` (seed 3), in eval mode."""
+    torch.manual_seed(3)
+    return UNet(1, 3, base_channels=4, depth=3).eval()
+
+
+@pytest.fixture(scope="session")
+def instance_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a three-class instance checkpoint of `instance_unet()` (see the module doc)."""
+    import pixelwise
+    from pixelwise.instances import PostProcessing
+
+    path = tmp_path_factory.mktemp("instance-checkpoint") / "instance.safetensors"
+    pixelwise.save(
+        instance_unet(),
+        path,
+        normalization=INSTANCE_NORM,
+        target="three-class",
+        postprocessing=PostProcessing().to_dict(),
+        class_names=["background", "interior", "boundary"],
+    )
+    return path

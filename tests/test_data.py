@@ -391,6 +391,44 @@ def test_dataset_instances_and_cached_weights(tmp_path: Path) -> None:
         SegmentationDataset([Sample(root / "images" / "cell.png", None, "cell")])
 
 
+def test_loaded_samples_are_cached_per_file_within_the_budget(tmp_path: Path, monkeypatch) -> None:
+    """Each file is read once (the cache hands out copies, keyed by the file, so reordering the
+    samples, as the training split does, keeps them right); a budget too small caches nothing."""
+    import pixelwise.data.dataset as dataset_module
+
+    root = _folder(tmp_path, {str(i): (_image(seed=i), _labels(seed=i)) for i in range(3)})
+    samples = open_dataset(root).samples
+    reads: list[str] = []
+    real_read = dataset_module.read_image
+    monkeypatch.setattr(
+        dataset_module,
+        "read_image",
+        lambda path, **kw: reads.append(Path(path).parent.name) or real_read(path, **kw),
+    )
+    uncached = SegmentationDataset(samples, encoding=MaskEncoding(3), cache_bytes=0)
+    expected = [uncached.load(i) for i in range(3)]
+    assert len(reads) == 6  # image + mask of each, nothing kept
+    uncached.load(0)
+    assert len(reads) == 8
+    cached = SegmentationDataset(samples, encoding=MaskEncoding(3))
+    reads.clear()
+    for _ in range(2):
+        for i in range(3):
+            loaded = cached.load(i)
+            for got, want in zip(loaded, expected[i], strict=True):
+                assert (got is None and want is None) or np.array_equal(got, want)
+    assert sorted(reads) == ["images"] * 3 + ["masks"] * 3  # read once each
+    loaded.image[:] = -1  # a copy: the cache is untouched
+    assert np.array_equal(cached.load(2).image, expected[2].image)
+    cached.samples = cached.samples[::-1]  # the split reorders: same files, same arrays
+    assert np.array_equal(cached.load(0).mask, expected[2].mask)
+    small = SegmentationDataset(samples, encoding=MaskEncoding(3), cache_bytes=expected[0].nbytes)
+    reads.clear()
+    for i in (0, 1, 0, 1):
+        small.load(i)
+    assert reads.count("images") == 3  # only the first fits the budget
+
+
 # ------------------------------------------------------------------------------------------
 # Summary
 # ------------------------------------------------------------------------------------------

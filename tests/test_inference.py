@@ -454,26 +454,6 @@ def test_every_output_is_0644_under_umask_022(
 # --------------------------------------------------------------------------------------------
 
 
-def _instance_model() -> UNet:
-    """Tiny three-class U-Net whose random weights make tens of objects of the good images."""
-    torch.manual_seed(3)
-    return UNet(1, 3, base_channels=4, depth=3).eval()
-
-
-@pytest.fixture(scope="module")
-def instance_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "instance.safetensors"
-    pixelwise.save(
-        _instance_model(),
-        path,
-        normalization=NORM,
-        target="three-class",
-        postprocessing=PostProcessing().to_dict(),
-        class_names=["background", "interior", "boundary"],
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def instance_run(instance_checkpoint: Path, good_folder: Path, tmp_path_factory):
     out = tmp_path_factory.mktemp("instances")

@@ -61,6 +61,36 @@ def test_three_class_seed_threshold_decides_between_merge_and_split() -> None:
     assert low.max() == 1 and high.max() == 2
 
 
+def _one_hot(classes: np.ndarray, k: int) -> np.ndarray:
+    """(k, H, W) one-hot probabilities of an (H, W) class map."""
+    return (np.arange(k)[:, None, None] == classes[None]).astype(np.float32)
+
+
+def test_distance_bands_separate_touching_objects() -> None:
+    from pixelwise.data.targets import distance_target
+
+    gt = _two_touching_squares()
+    probs = _one_hot(distance_target(gt), 5)
+    params = PostProcessing(target="distance", min_size=0)
+    assert params.num_classes == 5
+    assert _same_objects(objects_from_probabilities(probs, params), gt)
+    # One blob: the distance of the union has one centre, so one object.
+    merged = objects_from_probabilities(_one_hot(distance_target(gt > 0), 5), params)
+    assert merged.max() == 1
+
+
+def test_distance_seeds_threshold_the_expected_band() -> None:
+    # E = (0.1·1 + 0.2·2 + 0.3·3 + 0.3·4) / 4 = 0.65 (the module docstring's example).
+    probs = np.zeros((5, 12, 12), np.float32)
+    probs[0] = 1.0
+    probs[:, 3:9, 3:9] = np.array([0.1, 0.1, 0.2, 0.3, 0.3])[:, None, None]
+    low = objects_from_probabilities(probs, PostProcessing(target="distance", seed_threshold=0.6))
+    high = objects_from_probabilities(probs, PostProcessing(target="distance", seed_threshold=0.7))
+    assert low.max() == 1 and (low > 0).sum() == 36 and high.max() == 0
+    with pytest.raises(ValueError, match=r"must be \(5, H, W\) for target 'distance'"):
+        objects_from_probabilities(probs[:3], PostProcessing(target="distance"))
+
+
 def test_two_class_distance_watershed_splits_touching_discs() -> None:
     yy, xx = np.mgrid[:40, :70]
     gt = np.zeros((40, 70), np.int32)

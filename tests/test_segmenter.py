@@ -7,23 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import pixelwise
+from conftest import INSTANCE_NORM, instance_unet
 from pixelwise import tiling
 from pixelwise.data import DataError, to_chw_float
 from pixelwise.instances import PostProcessing, object_scores, objects_from_probabilities
 from pixelwise.models import UNet
 from pixelwise.tiling import PredictOptions
 
-NORM = {"mean": [0.45], "std": [0.1], "scale": 1 / 255}
+NORM = INSTANCE_NORM
 NAMES = ["background", "interior", "boundary"]
 
 
-def _model(seed: int = 3) -> UNet:
-    """A tiny three-class U-Net whose random weights make ~45 objects of `_raw` (seed 3)."""
-    torch.manual_seed(seed)
-    return UNet(1, 3, base_channels=4, depth=3).eval()
+def _model() -> UNet:
+    """The tiny three-class U-Net of the `instance_checkpoint` fixture: ~45 objects of `_raw`."""
+    return instance_unet()
 
 
 def _raw(h: int = 40, w: int = 52, seed: int = 0) -> np.ndarray:
@@ -32,20 +31,6 @@ def _raw(h: int = 40, w: int = 52, seed: int = 0) -> np.ndarray:
     y, x = np.mgrid[:h, :w]
     img = 110 + 40 * np.sin(x / 4.0) * np.cos(y / 5.0) + rng.normal(0, 12, (h, w))
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def instance_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("seg") / "instance.safetensors"
-    pixelwise.save(
-        _model(),
-        path,
-        normalization=NORM,
-        target="three-class",
-        postprocessing=PostProcessing().to_dict(),
-        class_names=NAMES,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -373,6 +373,18 @@ def test_instance_run_records_target_object_scores_and_tuned_postprocessing(cell
     assert result.best["metric"] == result.best["val_dsb_score"]
 
 
+def test_distance_target_run_learns_the_bands_and_tunes_their_seeds(cells, tmp_path):
+    cfg = _instance_cfg(cells, tmp_path / "run", target=None, num_classes=5, steps=4)
+    assert cfg.target == "distance" and cfg.weighted is False  # five classes choose it
+    result = train(cfg, progress=False, log=_silent)
+    best = pixelwise.read_metadata(result.out / "best.safetensors")
+    assert best["target"] == "distance"
+    assert best["class_names"] == ["background", "edge", "outer", "inner", "core"]
+    assert pixelwise.load(result.out / "best.safetensors").hparams["num_classes"] == 5
+    tuned = best["postprocessing"]
+    assert tuned["target"] == "distance" and tuned["seed_distance"] == 4  # not tuned: unused
+
+
 def test_best_checkpoint_is_chosen_by_the_object_score(cells, tmp_path, monkeypatch):
     """A scorer returning a known sequence: the best checkpoint is the step of its maximum,
     and tuning reuses that validation's probabilities instead of predicting again."""
@@ -523,7 +535,7 @@ def test_target_errors():
     with pytest.raises(ValueError, match="pass --instances"):
         TrainConfig(data="x", target="three-class").check()
     with pytest.raises(ValueError, match="target must be one of 'two-class', 'three-class'"):
-        TrainConfig(data="x", instances=True, target="distance").check()
+        TrainConfig(data="x", instances=True, target="edges").check()
     with pytest.raises(ValueError, match="has 3 classes, got num_classes 2"):
         TrainConfig(data="x", instances=True, target="three-class", num_classes=2).check()
     with pytest.raises(ValueError, match="has 2 classes, got 3 class_names"):
@@ -548,3 +560,20 @@ def test_progress_lines_show_the_minutes_of_a_time_budget(monkeypatch):
     shown.update(1, [0.5], 8.0, 1e-3, seconds=90.0)
     shown.close()
     assert lines == ["step 1/10 | 1.5/30 min | loss 0.5000 | 8.0 img/s | lr 0.001"]
+
+
+@pytest.mark.parametrize(
+    ("capability", "device", "expected"),
+    [("AVX512", "cpu", True), ("AVX2", "cpu", False), ("AVX512", "cuda", False)],
+)
+def test_channels_last_defaults_to_the_faster_format(monkeypatch, capability, device, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert TrainConfig(data="x", device=device).channels_last is expected
+    assert TrainConfig(data="x", device=device, channels_last=not expected).channels_last is (
+        not expected
+    )
+
+
+def test_unknown_model_is_refused_with_the_options():
+    with pytest.raises(ValueError, match=r"model must be one of 'unet', 'fcn32s'.*'nosuch'"):
+        TrainConfig(data="x", model="nosuch").check()

@@ -1,13 +1,15 @@
 """The `pixelwise` command line. Every subcommand is a thin layer over the library.
 
 User errors (bad files, bad options) print one line naming the problem and the fix and exit
-with status 2; no traceback.
+with status 2; no traceback. Input that runs but is probably not what was meant
+(`pixelwise.checks.InputWarning`) prints one `warning: ...` line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +62,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("data", nargs="?", help="dataset folder (or give it in --config)")
     p.add_argument("--config", help="YAML file of options; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/last.safetensors (the model settings must be the saved run's; "
+        "steps, time budget, workers, device, logging may change)",
+    )
+    p.add_argument(
+        "--allow-new-data",
+        action="store_true",
+        help="with --resume: go on with other data (data, --val-data, --split, ...) than the "
+        "saved run's",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument(
         "--model-arg",
@@ -129,8 +142,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pixelwise.train import train
 
     cfg = train_config_from_args(args)
+    _check_out(cfg.out)
     try:
-        result = train(cfg, resume=args.resume, progress=not args.no_progress)
+        result = train(
+            cfg,
+            resume=args.resume,
+            allow_new_data=args.allow_new_data,
+            progress=not args.no_progress,
+        )
     except (DataError, FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if result.interrupted:
@@ -187,6 +206,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from pixelwise.tiling import PredictOptions
 
     context = distributed_context()
+    _check_out(args.out)
+    _check_device(args.device)
     budget = {} if args.memory_budget_mb is None else {"memory_budget_mb": args.memory_budget_mb}
     overlap = {} if args.block_overlap is None else {"block_overlap": args.block_overlap}
     postprocessing = _postprocessing_overrides(args)
@@ -241,6 +262,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pixelwise.data import DataError
     from pixelwise.evaluate import ISBI, OBJECTS, PER_IMAGE, evaluate
 
+    _check_out(args.out)
     postprocessing = _postprocessing_overrides(args)  # predict's flags, predict's rules
     try:
         result = evaluate(
@@ -305,7 +327,7 @@ def _add_postprocessing_flags(p: argparse.ArgumentParser) -> None:
     """Overrides of an instance checkpoint's post-processing (predict and evaluate)."""
     for flag, kind, metavar, text in (
         ("--mask-threshold", float, "P", "foreground = 1 - P(background) > P"),
-        ("--seed-threshold", float, "P", "three-class seeds: P(interior) > P"),
+        ("--seed-threshold", float, "P", "seeds: P(interior) > P (three-class), distance > P"),
         ("--min-size", int, "N", "objects with fewer than N pixels are removed"),
     ):
         p.add_argument(
@@ -316,9 +338,12 @@ def _add_postprocessing_flags(p: argparse.ArgumentParser) -> None:
         )
 
 
+_CHECKPOINT_HELP = "a .safetensors checkpoint, or a run folder (its best.safetensors)"
+
+
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images of any size with overlap-tile inference")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint")
+    p.add_argument("checkpoint", help=_CHECKPOINT_HELP)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, TIFF stacks")
     p.add_argument("--out", required=True, help="output folder")
     # Canonical spellings match train's (--batch-size, --patch-size); --tile, --batch,
@@ -378,7 +403,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic height and width)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=_CHECKPOINT_HELP)
     p.add_argument("--onnx", required=True, help="output .onnx file")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument(
@@ -393,7 +418,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on a labelled dataset, with a report")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint")
+    p.add_argument("checkpoint", help=_CHECKPOINT_HELP)
     p.add_argument("data", help="labelled dataset folder")
     p.add_argument("--out", required=True, help="folder for metrics.json, CSV, PNG, report.html")
     p.add_argument("--tta", choices=("flips", "d4"), help="average flipped/rotated predictions")
@@ -444,12 +469,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """pixelwise's InputWarnings as one `warning: ...` line on stderr; others as Python shows
+    them."""
+    from pixelwise.checks import InputWarning
+
+    if issubclass(category, InputWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _check_out(path: str | None) -> None:
+    """--out of train, predict and evaluate: a folder that exists or can be made, writable."""
+    from pixelwise.checks import check_output_folder
+
+    if path is not None:
+        try:
+            check_output_folder(path, "--out")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+
+def _check_device(device: str | None) -> None:
+    """--device names a device this machine has (`pixelwise.distributed.select_device`)."""
+    from pixelwise.distributed import select_device
+
+    if device is not None:
+        try:
+            select_device(device)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+
+def _resolve_checkpoint_arg(args: argparse.Namespace) -> None:
+    """A CHECKPOINT (predict, evaluate, export) that is a run folder becomes its best checkpoint
+    (`pixelwise.checkpoint.resolve`); stderr says which file."""
+    from pixelwise.checkpoint import resolve
+
+    given = getattr(args, "checkpoint", None)
+    if given is not None and (path := resolve(given)) != Path(given):
+        print(f"note: {given} is a folder: using {path}", file=sys.stderr)
+        args.checkpoint = str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        _resolve_checkpoint_arg(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except (UserError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

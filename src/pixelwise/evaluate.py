@@ -40,6 +40,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,10 @@ import torch
 from torch import nn
 
 from pixelwise import atomic, checkpoint
-from pixelwise.data import SegmentationDataset, load_dataset, read_image
+from pixelwise.checks import InputWarning, check_output_folder
+from pixelwise.data import DataError, SegmentationDataset, load_dataset, read_image
+from pixelwise.data.masks import CLASS_VALUES_FIX
+from pixelwise.distributed import select_device
 from pixelwise.instances import (
     PostProcessing,
     label,
@@ -172,7 +176,9 @@ def evaluate(
         instances: masks hold instance labels: score objects too (default: as in training).
         postprocessing: replaces the checkpoint's post-processing record (instance models), e.g.
             ``postprocessing_from_metadata(meta).replace(min_size=30)``.
-        tile_size, batch_size, device: passed to `predict`.
+        tile_size, batch_size: passed to `predict`.
+        device: where to predict (`pixelwise.distributed.select_device`: default cuda when
+            available, else the CPU).
         progress: per-image tile progress bars.
         log: where one line per image goes.
 
@@ -182,8 +188,16 @@ def evaluate(
         rows.
 
     Raises:
-        ValueError: an option the model or data cannot use (isbi, post-processing).
+        ValueError: an option the model or data cannot use (isbi, post-processing), an `out`
+            that is a file or not writable, a `device` this machine does not have.
+        DataError: the data have problems (labels outside the model's classes, ...).
+
+    Warns:
+        InputWarning: some of the model's classes occur in no mask (an 8-class model scored
+            on 2-class data).
     """
+    check_output_folder(out)
+    device = select_device(device)
     model, meta, _ = checkpoint.load_state(checkpoint_path)
     if ignore_index is None:
         ignore_index = meta.get("ignore_index")
@@ -334,21 +348,61 @@ def _open_dataset(
 
     Raises:
         ValueError: `isbi` for a model that has not two classes.
+        DataError: the data's problems; labels outside the model's classes get the fix that
+            applies here (another checkpoint, or --ignore-index).
+
+    Warns:
+        InputWarning: classes of the model that occur in no mask (`_warn_of_absent_classes`).
     """
     num_classes = model.hparams["num_classes"]
     if isbi and num_classes != 2:
         raise ValueError(
-            f"isbi=True needs a 2-class (membrane/interior) model, got {num_classes} classes"
+            f"--isbi (isbi=True) needs a 2-class (membrane/interior) model, got one of "
+            f"{num_classes} classes; evaluate a 2-class checkpoint, or leave --isbi out"
         )
-    return load_dataset(
-        data,
-        normalization=meta.get("normalization"),
-        num_classes=num_classes if target is None else None,
-        ignore_index=ignore_index,
-        split=split,
-        layout=layout,
-        instances=instances,
-        target=target,
+    try:
+        dataset = load_dataset(
+            data,
+            normalization=meta.get("normalization"),
+            num_classes=num_classes if target is None else None,
+            ignore_index=ignore_index,
+            split=split,
+            layout=layout,
+            instances=instances,
+            target=target,
+        )
+    except DataError as e:  # the classes are the model's: --num-classes is not the fix here
+        fix = (
+            f"the model has {num_classes} classes (0..{num_classes - 1}): evaluate with a "
+            f"checkpoint trained on these labels, or pass --ignore-index (ignore_index= in "
+            f"Python) for a value to leave out"
+        )
+        problems = [p._replace(fix=fix) if p.fix == CLASS_VALUES_FIX else p for p in e.problems]
+        raise DataError(str(e).replace(CLASS_VALUES_FIX, fix), problems) from None
+    if target is None and dataset.report is not None:
+        _warn_of_absent_classes(dataset.report.class_pixels, data, num_classes)
+    return dataset
+
+
+def _warn_of_absent_classes(class_pixels: np.ndarray, data: str | Path, num_classes: int) -> None:
+    """One InputWarning when some of the model's classes occur in no mask of `data`.
+
+    Args:
+        class_pixels: (num_classes,) pixels of each class over every mask (the survey's).
+    """
+    absent = np.flatnonzero(np.asarray(class_pixels) == 0)
+    if not absent.size:
+        return
+    present = np.flatnonzero(np.asarray(class_pixels) > 0)
+    held = ", ".join(str(c) for c in present[:10]) + (", ..." if present.size > 10 else "")
+    warnings.warn(
+        InputWarning(
+            f"the model predicts {num_classes} classes but the masks of {data} hold only "
+            f"{present.size} of them ({held or 'none'}); the {absent.size} others never occur, "
+            f"so they are scored by false positives alone: check that the checkpoint was "
+            f"trained on data like these"
+        ),
+        stacklevel=3,
     )
 
 
@@ -398,8 +452,8 @@ def _summarise(
         shapes = sorted({p.shape for p, _ in slices})
         if len(shapes) > 1:
             raise ValueError(
-                f"isbi=True scores the images as one stack, as the challenge does; all images "
-                f"must have one size, got {shapes}; evaluate each size separately"
+                f"--isbi (isbi=True) scores the images as one stack, as the challenge does; "
+                f"all images must have one size, got {shapes}; evaluate each size separately"
             )
         stack = np.stack([p for p, _ in slices])  # (N, H, W)
         summary |= isbi2012(stack, np.stack([t for _, t in slices]))

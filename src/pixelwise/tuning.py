@@ -34,7 +34,11 @@ DEFAULT_GRID: dict[str, tuple[Any, ...]] = {
 OBJECTIVE = "dsb_score"
 """What tuning maximises: the mean accuracy TP/(TP+FP+FN) over IoU 0.5, 0.55, ..., 0.95."""
 
-_UNUSED = {"three-class": "seed_distance", "two-class": "seed_threshold"}
+_UNUSED = {
+    "three-class": "seed_distance",
+    "distance": "seed_distance",
+    "two-class": "seed_threshold",
+}
 
 
 def score_postprocessing(

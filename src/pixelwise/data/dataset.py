@@ -3,8 +3,8 @@
 A :class:`SegmentationDataset` reads, decodes and normalises one sample per item — ``(C, H, W)``
 float32 image, ``(H, W)`` int64 mask, optional ``(H, W)`` weight map and instance ids — with an
 augmentation stream seeded by (seed, epoch, index). With a ``target`` the mask is the class mask
-derived from the instance ids (:mod:`pixelwise.data.targets`: two-class, or background /
-interior / boundary). :func:`load_dataset` opens a folder,
+derived from the instance ids (:mod:`pixelwise.data.targets`: two-class, background /
+interior / boundary, or distance bands). :func:`load_dataset` opens a folder,
 surveys it (:func:`pixelwise.data.survey_dataset`) and refuses to build a dataset from data
 with problems. Augmentations and loss weights are passed in as functions; they live in
 :mod:`pixelwise.augment` and :mod:`pixelwise.losses`.
@@ -13,6 +13,7 @@ with problems. Augmentations and loss weights are passed in as functions; they l
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +38,10 @@ Transform = Callable[
 WeightFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 
+CACHE_BYTES = 2 * 2**30
+"""Default memory budget of a dataset's cache of loaded samples (2 GiB)."""
+
+
 class LoadedSample(NamedTuple):
     """Untransformed sample from :meth:`SegmentationDataset.load`.
 
@@ -51,6 +56,15 @@ class LoadedSample(NamedTuple):
     mask: np.ndarray
     instances: np.ndarray | None
     weight: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays."""
+        return sum(a.nbytes for a in self if a is not None)
+
+    def copy(self) -> LoadedSample:
+        """A copy with its own arrays (what the cache hands out, so it is never modified)."""
+        return LoadedSample(*(None if a is None else a.copy() for a in self))
 
 
 class SegmentationDataset(Dataset):
@@ -75,8 +89,12 @@ class SegmentationDataset(Dataset):
             transform so it moves with the pixels (``mask`` is the served mask: the target's
             classes when there is a target).
         seed: base seed (>= 0).
-        cache_weights: keep computed weight maps in memory (they are deterministic).
-        target: ``None`` (masks as decoded), or ``"two-class"`` / ``"three-class"``: serve the
+        cache_bytes: keep loaded samples (decoded, normalised, with their target and weights:
+            all deterministic) in memory up to this many bytes, so that each file is read and
+            decoded once per process; 0 = no cache. Training draws several patches of every
+            image per epoch, and reading, decoding and deriving the target took about as long
+            as the augmentation (0.07 and 0.09 s of a 0.28 s patch of a 256-520 px nuclei image).
+        target: ``None`` (masks as decoded), or a target of ``TARGET_CLASS_NAMES``: serve the
             class mask derived from instance masks (:func:`pixelwise.data.targets.derive_target`);
             needs an instance ``encoding``.
     """
@@ -90,7 +108,7 @@ class SegmentationDataset(Dataset):
         transform: Transform | None = None,
         weight_fn: WeightFn | None = None,
         seed: int = 0,
-        cache_weights: bool = True,
+        cache_bytes: int = CACHE_BYTES,
         target: str | None = None,
     ) -> None:
         unlabelled = [s.name for s in samples if s.mask_path is None]
@@ -115,9 +133,11 @@ class SegmentationDataset(Dataset):
         self.weight_fn = weight_fn
         self.seed = seed
         self.epoch = 0
-        self.cache_weights = cache_weights
+        self.cache_bytes = cache_bytes
         self.report: SurveyReport | None = None
-        self._weights: dict[int, np.ndarray] = {}
+        # Keyed by the sample, not its index: the training split reorders `samples`.
+        self._cache: dict[tuple[Path, Path | None, int | None], LoadedSample] = {}
+        self._cached_bytes = 0
 
     @property
     def num_classes(self) -> int | None:
@@ -145,8 +165,20 @@ class SegmentationDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def load(self, index: int) -> LoadedSample:
-        """Read, decode and normalise sample ``index`` (no transform)."""
+        """Read, decode and normalise sample ``index`` (no transform); from the cache when it
+        holds it (a copy, so callers may modify the arrays)."""
         sample = self.samples[index]
+        key = (sample.image_path, sample.mask_path, sample.page)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached.copy()
+        loaded = self._read(sample)
+        if self._cached_bytes + loaded.nbytes <= self.cache_bytes:
+            self._cache[key] = loaded.copy()
+            self._cached_bytes += loaded.nbytes
+        return loaded
+
+    def _read(self, sample: Sample) -> LoadedSample:
         assert sample.mask_path is not None  # checked in __init__
         image_where = location(sample.image_path, sample.page)
         mask_where = location(sample.mask_path, sample.page)
@@ -173,11 +205,7 @@ class SegmentationDataset(Dataset):
             mask = derive_target(decoded.instances, self.target).astype(np.int64)
         weight = None
         if self.weight_fn is not None:
-            weight = self._weights.get(index)
-            if weight is None:
-                weight = np.asarray(self.weight_fn(mask, decoded.instances), np.float32)
-                if self.cache_weights:
-                    self._weights[index] = weight
+            weight = np.asarray(self.weight_fn(mask, decoded.instances), np.float32)
         return LoadedSample(image, mask, decoded.instances, weight)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

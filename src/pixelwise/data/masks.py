@@ -59,8 +59,9 @@ class MaskEncoding:
             or self.num_classes < 1
         ):
             raise ValueError(
-                f"num_classes must be an integer >= 1, got {self.num_classes!r}; pass the "
-                "number of classes or None to infer it"
+                f"num_classes must be an integer >= 1, got {self.num_classes!r}; pass "
+                "--num-classes N with N >= 1, or leave it out to infer it from the masks "
+                "(num_classes=None in Python)"
             )
         if self.ignore_index is not None and not isinstance(self.ignore_index, int | np.integer):
             raise ValueError(
@@ -150,9 +151,16 @@ def _check_class_values(values: np.ndarray, encoding: MaskEncoding, path: str) -
         path,
         f"mask has values outside classes 0..{n - 1}: {_short_list(bad)} "
         f"(num_classes={n}, ignore_index={encoding.ignore_index})",
-        "relabel the mask, or pass the right num_classes= / ignore_index= (--num-classes / "
-        "--ignore-index)",
+        CLASS_VALUES_FIX,
     )
+
+
+CLASS_VALUES_FIX = (
+    "relabel the mask, or pass the right --num-classes / --ignore-index (num_classes= / "
+    "ignore_index= in Python)"
+)
+"""The fix of labels outside the classes where the caller chose the class count (`pixelwise
+evaluate`, whose classes are the model's, words its own)."""
 
 
 # Unknown colours: a palette given (only Python callers can give one) misses them; the VOC

@@ -10,18 +10,17 @@ is taken exactly once, whole, by the window that sees at least `overlap` pixels 
 of it and `overlap` minus its own size below and right. Objects are then renumbered 1..N in
 raster order of their first pixel, as `objects_from_probabilities` numbers them.
 
-Exactness. The watershed floods each connected foreground region on its own, from seeds
-inside it, so an object whose connected foreground region lies inside a window is the
-whole-image object. In a larger region (a confluent sheet of touching cells) a three-class
-object's outline is decided by the seeds competing for its pixels, its neighbours: the result
-then equals the whole-image result when every object is at most `overlap` / 2 pixels across (its
-neighbours, within one object size of it, are inside the window). `tests/test_inference.py`
-checks that on dense sheets of touching cells, with and without hole filling (holes are filled
-per object, so that step stays local too); the default overlap, 128 pixels, covers objects up
-to 64 pixels across (nuclei at usual magnifications). One step of the whole-image
-post-processing looks further than the neighbours, and can differ at block seams: two-class
-seeds (distance maxima, `skimage.feature.peak_local_max` per connected foreground region with its
-greedy spacing) depend on the whole region.
+Exactness. The watershed floods each connected foreground region on its own, from seeds inside it,
+so an object whose connected foreground region lies inside a window is the whole-image object. In a
+larger region (a confluent sheet of touching cells) a three-class or distance object's outline is
+decided by the seeds competing for its pixels, its neighbours: the result then equals the
+whole-image result when every object is at most `overlap` / 2 pixels across (its neighbours, within
+one object size of it, are inside the window). `tests/test_inference.py` checks that on dense sheets
+of touching cells, with and without hole filling (holes are filled per object, so that step stays
+local too); the default overlap, 128 pixels, covers objects up to 64 pixels across (nuclei at usual
+magnifications). One step of the whole-image post-processing looks further than the neighbours, and
+can differ at block seams: two-class seeds (distance maxima, `skimage.feature.peak_local_max` per
+connected foreground region with its greedy spacing) depend on the whole region.
 
 Objects that reach the edge of their window are cut there: they are counted
 (`BlockObjects.cut`) so the caller can say to pass a larger overlap; pixels two windows give to

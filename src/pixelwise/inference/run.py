@@ -24,7 +24,7 @@ from torch import nn
 
 from pixelwise import tiling
 from pixelwise.checkpoint import load_state
-from pixelwise.checks import check_choice, check_positive_int
+from pixelwise.checks import check_choice, check_output_folder, check_positive_int
 from pixelwise.data import DataError, as_palette, voc_palette
 from pixelwise.distributed import check_rank, select_device
 from pixelwise.inference.blocks import BLOCK_OVERLAP
@@ -102,8 +102,8 @@ def predict_files(
             objects are made in blocks of √stream_pixels (at least block_overlap) pixels a
             side.
         block_overlap: context in pixels around each block of a streamed image: three-class
-            objects up to block_overlap / 2 across come out as on the whole image (the limits
-            are in `pixelwise.inference.blocks`).
+            and distance objects up to block_overlap / 2 across come out as on the whole image
+            (the limits are in `pixelwise.inference.blocks`).
         log: called with one line per image (written or failed) and per note; None: silent.
         **overrides: `PredictOptions` fields replacing those of `options` (tile_size=...,
             tta=..., device=..., progress=...). Without `options`, progress defaults to True
@@ -115,14 +115,15 @@ def predict_files(
     Raises:
         CheckpointError: the checkpoint cannot be read.
         ValueError: an option that would fail every image (the message names the fix), an
-            out_dir that would overwrite an input, or `instances` for a model that makes no
-            objects. Raised before any file is read or written.
+            out_dir that is a file, is not writable or would overwrite an input, or `instances`
+            for a model that makes no objects. Raised before any file is read or written.
         TypeError: an unknown option name.
     """
     check_rank(rank, world_size)
     check_choice("output_format", output_format, OUTPUT_FORMATS)
     check_positive_int("stream_pixels", stream_pixels)
     check_positive_int("block_overlap", block_overlap)
+    out = check_output_folder(out_dir, "out_dir")
     if options is None:
         overrides.setdefault("progress", True)
     options = PredictOptions.build(options, **overrides)
@@ -133,7 +134,6 @@ def predict_files(
     segmenter = Segmenter(model, meta=meta, options=options, postprocessing=postprocessing)
     if instances and not segmenter.is_instance_model:
         raise ValueError(_not_instance_model(checkpoint))
-    out = Path(out_dir)
     files, missing = expand_inputs(inputs)
     names = output_names(files)
     _check_not_inputs(files, out, names)
@@ -231,8 +231,8 @@ def _check_not_inputs(files: Sequence[Path], out_dir: Path, names: Sequence[str]
             target = (out_dir / f"{name}.{suffix}").resolve()
             if target in inputs:
                 raise ValueError(
-                    f"out_dir {out_dir} would overwrite the input {target}; choose another "
-                    f"output folder"
+                    f"output folder {out_dir} (--out; out_dir= in Python) would overwrite the "
+                    f"input {target}; choose another output folder"
                 )
 
 
@@ -256,7 +256,11 @@ def _predict_file(run: _Run, path: Path, name: str, counter: str, log: RunLog) -
             log.fail(here, f"{here}: out of GPU memory; pass a smaller tile size or batch size")
             continue
         except OSError as e:
-            log.fail(here, f"{here}: cannot write the results ({one_line(e)}); check the disk")
+            log.fail(
+                here,
+                f"{here}: cannot write the results ({one_line(e)}); check that "
+                f"{run.outputs.out_dir} and its subfolders are writable folders with free space",
+            )
             continue
         names = ", ".join(str(p.relative_to(run.outputs.out_dir)) for p in written)
         log.done(f"{counter} {here} → {names} ({time.perf_counter() - start:.1f} s)", written)

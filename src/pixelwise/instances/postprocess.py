@@ -6,18 +6,24 @@ is stored in the checkpoint's metadata (``"postprocessing"``), tuned on the vali
 the end of training (:mod:`pixelwise.tuning`), so `predict`, `evaluate` and
 :class:`pixelwise.Segmenter` all make the same objects.
 
-Two training targets, two ways to seed the watershed:
+Three training targets, two ways to seed the watershed:
 
 * ``"three-class"`` (background, interior, boundary; the DSB 2018 winners' and the StarDist
   paper's 3-class U-Net): seeds are the connected components of P(interior) > ``seed_threshold``;
   they grow by watershed on −P(interior) inside the foreground 1 − P(background) >
   ``mask_threshold``, so the predicted boundary band separates touching nuclei.
+* ``"distance"`` (background and B bands of the normalised distance to the outside of each
+  object, :func:`pixelwise.data.targets.distance_target`; the Deep Watershed Transform's
+  quantised energy): the predicted distance is the expected band, E = Σₖ P(band k)·k/B (0 on
+  the background, 1 at confident centres); seeds are the connected components of E >
+  ``seed_threshold``, grown by watershed on −E inside the foreground. Example with B = 4: a
+  pixel with P = (0.1, 0.1, 0.2, 0.3, 0.3) has E = (0.1·1 + 0.2·2 + 0.3·3 + 0.3·4)/4 = 0.65.
 * ``"two-class"`` (the U-Net paper's background / object with border weights): the foreground
   P(object) > ``mask_threshold`` is split by a watershed on its distance transform, seeded at
   distance maxima at least ``seed_distance`` pixels apart (``seed_distance`` 0: connected
   components, no split).
 
-Then, for both: holes inside an object are filled (``fill_holes``), objects under ``min_size``
+Then, for all: holes inside an object are filled (``fill_holes``), objects under ``min_size``
 pixels are dropped, objects touching the image border are dropped if ``exclude_border``, and
 ids are renumbered 1..N in raster order.
 """
@@ -32,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from pixelwise.checks import check_choice
+from pixelwise.data.targets import TARGET_CLASS_NAMES
 
 __all__ = [
     "TARGETS",
@@ -41,7 +48,7 @@ __all__ = [
     "postprocessing_from_metadata",
 ]
 
-TARGETS = ("two-class", "three-class")
+TARGETS = ("two-class", "three-class", "distance")
 """Instance targets: the class layout of an instance model's output."""
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
@@ -52,9 +59,11 @@ class PostProcessing:
     """How probabilities become objects (see the module docstring).
 
     Attributes:
-        target: "three-class" (K = 3: background, interior, boundary) or "two-class" (K = 2).
+        target: "three-class" (K = 3: background, interior, boundary), "distance" (K = 5:
+            background and four distance bands) or "two-class" (K = 2).
         mask_threshold: foreground = 1 − P(background) > this.
-        seed_threshold: three-class: seeds = components of P(interior) > this.
+        seed_threshold: three-class: seeds = components of P(interior) > this; distance: of
+            the expected normalised distance E > this.
         seed_distance: two-class: minimum distance in pixels between watershed seeds (maxima of
             the distance transform); 0 = connected components.
         min_size: objects with fewer pixels are removed.
@@ -84,7 +93,7 @@ class PostProcessing:
     @property
     def num_classes(self) -> int:
         """The number of output classes of a model trained for this target."""
-        return 3 if self.target == "three-class" else 2
+        return len(TARGET_CLASS_NAMES[self.target])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, for checkpoint metadata."""
@@ -116,10 +125,23 @@ def _check_probabilities(probs: np.ndarray, params: PostProcessing) -> np.ndarra
     return probs.astype(np.float32, copy=False)
 
 
-def _seeds(probs: np.ndarray, foreground: np.ndarray, params: PostProcessing) -> np.ndarray:
-    """(H, W) int32 watershed markers (0 = none)."""
+def _seed_map(probs: np.ndarray, params: PostProcessing) -> np.ndarray | None:
+    """(H, W) what seeds are thresholded on and the watershed floods down from: P(interior) for
+    three-class, the expected normalised distance for distance; None for two-class."""
     if params.target == "three-class":
-        seeds, _ = ndimage.label((probs[1] > params.seed_threshold) & foreground, _FOUR)
+        return probs[1]
+    if params.target == "distance":
+        bands = np.arange(probs.shape[0], dtype=np.float32) / (probs.shape[0] - 1)  # 0, 1/B..1
+        return np.tensordot(bands, probs, axes=1)  # (K,) · (K, H, W) → (H, W)
+    return None
+
+
+def _seeds(
+    seed_map: np.ndarray | None, foreground: np.ndarray, params: PostProcessing
+) -> np.ndarray:
+    """(H, W) int32 watershed markers (0 = none)."""
+    if seed_map is not None:
+        seeds, _ = ndimage.label((seed_map > params.seed_threshold) & foreground, _FOUR)
         return seeds.astype(np.int32)
     components, n = ndimage.label(foreground, _FOUR)
     if params.seed_distance == 0 or n == 0:
@@ -144,16 +166,12 @@ def _seeds(probs: np.ndarray, foreground: np.ndarray, params: PostProcessing) ->
     return seeds
 
 
-def _flood(
-    probs: np.ndarray, seeds: np.ndarray, foreground: np.ndarray, params: PostProcessing
-) -> np.ndarray:
+def _flood(seed_map: np.ndarray | None, seeds: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     from skimage.segmentation import watershed
 
-    if params.target == "three-class":
-        landscape = -probs[1]  # basins at confident interiors, ridges on the boundary band
-    else:
-        landscape = -ndimage.distance_transform_edt(foreground)
-    return watershed(landscape, markers=seeds, mask=foreground).astype(np.int32)
+    # Basins at confident interiors (or far from the background), ridges where objects meet.
+    height = seed_map if seed_map is not None else ndimage.distance_transform_edt(foreground)
+    return watershed(-height, markers=seeds, mask=foreground).astype(np.int32)
 
 
 def _fill_holes(labels: np.ndarray) -> np.ndarray:
@@ -201,8 +219,9 @@ def objects_from_probabilities(probs: np.ndarray, params: PostProcessing) -> np.
     """
     probs = _check_probabilities(probs, params)
     foreground = (1.0 - probs[0]) > params.mask_threshold  # (H, W)
-    seeds = _seeds(probs, foreground, params)
-    labels = _flood(probs, seeds, foreground, params) if seeds.any() else seeds
+    seed_map = _seed_map(probs, params)
+    seeds = _seeds(seed_map, foreground, params)
+    labels = _flood(seed_map, seeds, foreground) if seeds.any() else seeds
     return _finish(labels, params)
 
 

@@ -7,10 +7,13 @@ This module decides which images train and which validate, and how each mask's w
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 
+from pixelwise.checks import InputWarning
 from pixelwise.data import SegmentationDataset, load_dataset
 from pixelwise.losses import weight_map
 from pixelwise.train.config import TrainConfig
@@ -23,6 +26,10 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
     set); else a seeded `cfg.val_fraction` of the images is held out (none of a single image).
     Both serve the masks of `cfg.target` when it is set (derived from the instance labels,
     which they also keep for border weights and object scores).
+
+    Warns:
+        InputWarning: no mask of the training data holds any pixel of a class other than 0
+            (every mask empty: the model can only learn background).
     """
     opts = dict(
         layout=cfg.layout,
@@ -35,6 +42,8 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
     )
     weight_fn = border_weight_fn(cfg) if cfg.weighted else None
     train = load_dataset(cfg.data, split=cfg.split, weight_fn=weight_fn, **opts)
+    if train.report is not None:
+        warn_if_all_background(train.report.class_pixels, cfg.data)
     if cfg.val_data is not None or cfg.val_split is not None:
         val_path = cfg.val_data if cfg.val_data is not None else cfg.data
         val = load_dataset(val_path, split=cfg.val_split, normalization=train.normalization, **opts)
@@ -52,6 +61,27 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
     )
     train.samples = [train.samples[i] for i in train_idx]
     return train, val
+
+
+def warn_if_all_background(class_pixels: np.ndarray, data: str | os.PathLike[str]) -> None:
+    """One InputWarning when the masks hold pixels of class 0 alone (every mask empty).
+
+    Args:
+        class_pixels: (num_classes,) pixels of each class over the masks (the survey's).
+        data: the dataset, for the message.
+    """
+    counts = np.asarray(class_pixels)
+    if counts.size == 0 or counts.sum() == 0 or counts[1:].any():
+        return
+    warnings.warn(
+        InputWarning(
+            f"every mask of {data} is background (class 0) only: the model can only learn to "
+            f"predict background, and its validation scores say nothing (Dice of an absent "
+            f"class is NaN, mean IoU 1.0); check that these are the right masks (`pixelwise "
+            f"data check {data}` shows the pixels of each class)"
+        ),
+        stacklevel=3,
+    )
 
 
 def border_weight_fn(cfg: TrainConfig) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:

@@ -19,6 +19,10 @@ Stopping: after `cfg.steps` steps; after `stop_after` steps; on Ctrl-C or SIGTER
 flight is finished, the last checkpoint saved; a second signal interrupts at once); or once
 `cfg.max_minutes` of training time are spent (validated and checkpointed as at the last step).
 
+Divergence: a NaN or infinite training loss (on any rank) stops the run at once with
+`TrainingDiverged`, saving nothing, so the checkpoints on disk keep the last finite weights; the
+weights are also checked before every save, so no checkpoint holds NaN weights.
+
 Instance runs (`cfg.target` set, `pixelwise.train.objects`): every validation also scores the
 objects, and the best checkpoint is the one of the best DSB score; a run that ends by its steps
 or its time budget then tunes the post-processing on the validation images and records it in
@@ -48,7 +52,12 @@ from pixelwise.train.optim import optimizer_state_tensors, schedule_factor
 from pixelwise.train.setup import set_up
 from pixelwise.train.state import Run, TrainState
 
-StopReason = Literal["steps", "stop_after", "signal", "time"]
+StopReason = Literal["steps", "stop_after", "signal", "time", "diverged"]
+
+
+class TrainingDiverged(ValueError):
+    """The training loss or the weights became NaN or infinite (a learning rate too high for the
+    model and data, most often); the message names the step, the checkpoint kept and the fix."""
 
 
 @dataclass
@@ -74,6 +83,7 @@ def train(
     cfg: TrainConfig,
     *,
     resume: bool = False,
+    allow_new_data: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -85,7 +95,10 @@ def train(
 
     Args:
         cfg: the run's configuration.
-        resume: continue from `cfg.out/last.safetensors` exactly where it stopped.
+        resume: continue from `cfg.out/last.safetensors` exactly where it stopped. The
+            options that build the model must be the saved run's, and the data too unless
+            `allow_new_data` (`pixelwise.train.setup.check_resume`).
+        allow_new_data: with `resume`, go on with other data (data, val_data, split, ...).
         stop_after: stop (and checkpoint) once this many steps in all are done, as an
             interruption would; `resume` continues from there.
         progress: show progress (rank 0 only): a bar on a terminal, else a log line every
@@ -94,11 +107,15 @@ def train(
 
     Returns:
         TrainResult with the output folder, the last step, the best validation scores.
+
+    Raises:
+        TrainingDiverged: the training loss or the weights became NaN or infinite; the
+            checkpoints on disk keep the last finite weights.
     """
     cfg.check()
     context, device = init_process_group(cfg.device)
     log = log if context.main else _silent
-    run, state = set_up(cfg, context, device, resume=resume, log=log)
+    run, state = set_up(cfg, context, device, resume=resume, allow_new_data=allow_new_data, log=log)
     shown = Progress(
         total=cfg.steps,
         initial=state.step,
@@ -119,6 +136,8 @@ def train(
                 )
                 share_clock_and_signals(run, state, signals)
                 reason = should_stop(cfg, state, stop_after)
+                if reason == "diverged":
+                    break  # nothing saved: the checkpoints keep the last finite weights
                 if due_for_validation(cfg, state):
                     validate_and_checkpoint(run, state, log)
                 elif reason is not None:
@@ -127,6 +146,8 @@ def train(
             shown.close()
             if run.writer is not None:
                 run.writer.close()
+    if reason == "diverged":
+        raise TrainingDiverged(diverged_message(run, state, "the training loss"))
     _log_stop(run, state, reason, log)
     if context.world_size > 1 and dist.is_initialized():
         dist.barrier()
@@ -165,6 +186,7 @@ def train_step(run: Run, state: TrainState, batch: dict[str, torch.Tensor]) -> N
     state.step += 1
     state.seen += x.shape[0] * run.context.world_size
     state.running.append(loss.item())
+    state.diverged = state.diverged or not math.isfinite(state.running[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,18 +227,20 @@ class StopSignals:
 
 
 def share_clock_and_signals(run: Run, state: TrainState, signals: StopSignals) -> None:
-    """Set `state.elapsed` (rank 0's clock) and `state.signal` (any rank's) on every rank.
+    """Set `state.elapsed` (rank 0's clock), `state.signal` and `state.diverged` (any rank's)
+    on every rank.
 
     The time budget, the learning rate and stopping then agree across ranks: a rank that
     stopped alone would leave the others waiting in their next gradient all-reduce. One
-    all-reduce of two numbers per step under torchrun; nothing in a single process.
+    all-reduce of three numbers per step under torchrun; nothing in a single process.
     """
     elapsed, received = state.seconds_now(), signals.received or 0
     if run.context.world_size > 1:
-        mine = [elapsed if run.context.main else 0.0, float(received)]
+        mine = [elapsed if run.context.main else 0.0, float(received), float(state.diverged)]
         shared = torch.tensor(mine, dtype=torch.float64, device=run.device)
         dist.all_reduce(shared, op=dist.ReduceOp.MAX)
         elapsed, received = float(shared[0]), int(shared[1])
+        state.diverged = bool(shared[2])
     state.elapsed, state.signal = elapsed, received or None
 
 
@@ -227,6 +251,8 @@ def time_is_up(cfg: TrainConfig, state: TrainState) -> bool:
 
 def should_stop(cfg: TrainConfig, state: TrainState, stop_after: int | None) -> StopReason | None:
     """Why the run stops after the current step (the first that holds), or None to go on."""
+    if state.diverged:
+        return "diverged"
     if state.step >= cfg.steps:
         return "steps"
     if stop_after is not None and state.step >= stop_after:
@@ -257,6 +283,30 @@ def _log_stop(
         )
 
 
+def diverged_message(run: Run, state: TrainState, what: str) -> str:
+    """What `TrainingDiverged` says: the step, what became non-finite, the checkpoint kept, and
+    a lower learning rate to train with (a fresh run: the weights and optimiser state before a
+    divergence are often already far off)."""
+    cfg = run.cfg
+    if state.saved_step is not None:
+        kept = f"{run.last_path} keeps the last finite weights (step {state.saved_step})"
+    else:
+        first = min(cfg.val_every, cfg.steps)
+        kept = f"no checkpoint was written (the first was due at step {first})"
+    return (
+        f"training diverged at step {state.step}: {what} is NaN or infinite at --lr "
+        f"{cfg.lr:g}; {kept}; lower the learning rate, e.g. train again with --lr {cfg.lr / 10:g}"
+    )
+
+
+def check_finite_weights(run: Run, state: TrainState) -> None:
+    """Raise TrainingDiverged when a parameter or buffer of the model is NaN or infinite (every
+    rank checks the same weights, so all ranks stop together)."""
+    for tensor in run.model.state_dict().values():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TrainingDiverged(diverged_message(run, state, "a weight of the model"))
+
+
 def _silent(_message: str) -> None:
     """The log of ranks other than 0."""
 
@@ -269,8 +319,10 @@ def _silent(_message: str) -> None:
 def validate_and_checkpoint(run: Run, state: TrainState, log: Callable[[str], None]) -> None:
     """Score the validation set, log a row, update the plateau and best; save best and last.
 
-    The best checkpoint is the one of the highest `best_metric` so far.
+    The best checkpoint is the one of the highest `best_metric` so far. Weights that are NaN or
+    infinite raise `TrainingDiverged` before anything is scored or saved.
     """
+    check_finite_weights(run, state)
     cfg = run.cfg
     row = {
         "step": state.step,
@@ -354,7 +406,10 @@ def _record(run: Run, state: TrainState, row: dict[str, Any]) -> None:
 
 
 def save_last(run: Run, state: TrainState) -> None:
-    """Rank 0 writes the last checkpoint: weights, optimiser, TrainState, torch RNG."""
+    """Rank 0 writes the last checkpoint: weights, optimiser, TrainState, torch RNG (weights
+    that are NaN or infinite raise `TrainingDiverged` on every rank instead)."""
+    check_finite_weights(run, state)
+    state.saved_step = state.step
     if not run.context.main:
         return
     tensors, optimizer_meta = optimizer_state_tensors(run.optimizer)

@@ -39,7 +39,9 @@ class TrainState:
         history: the log.csv rows (rank 0).
         started: this session's start on `clock`; elapsed: training seconds in all, as the
             ranks agree after each step; seen: images this session (all ranks); signal: the
-            stop signal received by any rank, else None.
+            stop signal received by any rank, else None; diverged: a step's training loss was
+            NaN or infinite (on any rank, once the ranks agree); saved_step: the step of the
+            last checkpoint on disk (written or resumed from this session), else None.
         best_probabilities: instance runs, rank 0: the validation images' (K, H, W)
             probabilities at the best validation of this session (None before one, and after
             a resume), kept for tuning the post-processing at the end without predicting again.
@@ -55,6 +57,8 @@ class TrainState:
     elapsed: float = 0.0
     seen: int = 0
     signal: int | None = None
+    diverged: bool = False
+    saved_step: int | None = None
     best_probabilities: list[np.ndarray] | None = None
 
     @classmethod
@@ -68,6 +72,7 @@ class TrainState:
             running=meta["running"],
             seconds=seconds,
             elapsed=seconds,
+            saved_step=meta["step"],
         )
 
     def metadata(self) -> dict[str, Any]:
