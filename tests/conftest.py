@@ -7,6 +7,8 @@
   (benchmarks/references.py: the brute-force references the benchmarks time too).
 * `shared_data`: `shared_data("isbi2012")` is the real dataset folder, or the test is skipped.
 * `tiny_unet`: a seeded, narrow U-Net in eval mode for tests that need a real network fast.
+* `write_disc_dataset`: a folder-pairs dataset (images/ + masks/ PNGs) of bright discs, for
+  the command-line tests.
 * `instance_checkpoint`: a saved three-class instance checkpoint of `instance_unet()` (random
   weights that make tens of objects of a textured image) with `INSTANCE_NORM` normalisation and
   the default post-processing.
@@ -18,6 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +95,28 @@ def instance_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         class_names=["background", "interior", "boundary"],
     )
     return path
+
+
+def write_disc_dataset(
+    folder: Path,
+    *,
+    n: int = 3,
+    size: int = 48,
+    seed: int = 0,
+    scale: int = 255,
+    empty: bool = False,
+) -> Path:
+    """`folder`/images and /masks: n size × size uint8 images of a bright disc in noise (seeded),
+    masks 0/`scale` (all 0 when `empty`). Returns `folder`."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        mask = ((yy - 24 - i) ** 2 + (xx - 20 - 2 * i) ** 2 < 150).astype(np.uint8)
+        image = (mask * 140 + rng.normal(50, 10, mask.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"im{i}.png")
+        Image.fromarray(mask * scale * (not empty)).save(folder / "masks" / f"im{i}.png")
+    return folder

@@ -7,12 +7,11 @@ traceback, and an edited checkpoint is refused before any model memory is alloca
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import pixelwise
+from conftest import write_disc_dataset
 from pixelwise import checkpoint
 from pixelwise.checkpoint import CheckpointError
 from pixelwise.cli import main
@@ -22,17 +21,7 @@ from pixelwise.train import initialize_from
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """A folder-pairs dataset of two 48 × 48 images with 0/255 masks."""
-    folder = tmp_path_factory.mktemp("faults") / "data"
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:48, :48]
-    for i in range(2):
-        mask = ((yy - 24) ** 2 + (xx - 20 - 3 * i) ** 2 < 150).astype(np.uint8)
-        image = (mask * 140 + rng.normal(50, 10, mask.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"im{i}.png")
-        Image.fromarray(mask * 255).save(folder / "masks" / f"im{i}.png")
-    return folder
+    return write_disc_dataset(tmp_path_factory.mktemp("faults") / "data", n=2)
 
 
 @pytest.fixture

@@ -8,22 +8,13 @@ import pytest
 from PIL import Image
 
 import pixelwise
+from conftest import write_disc_dataset
 from pixelwise.cli import main
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli") / "data"
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:48, :48]
-    for i in range(3):
-        mask = ((yy - 24 - i) ** 2 + (xx - 20 - 2 * i) ** 2 < 150).astype(np.uint8)
-        image = (mask * 140 + rng.normal(50, 10, mask.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"im{i}.png")
-        Image.fromarray(mask * 255).save(folder / "masks" / f"im{i}.png")
-    return folder
+    return write_disc_dataset(tmp_path_factory.mktemp("cli") / "data")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import pixelwise
+from conftest import write_disc_dataset
 from pixelwise.checks import InputWarning, check_output_folder
 from pixelwise.cli import main
 from pixelwise.distributed import select_device
@@ -31,20 +32,6 @@ TRAIN = [
 ]  # fmt: skip
 
 
-def _dataset(folder: Path, *, scale: int = 255, empty: bool = False, n: int = 3) -> Path:
-    """n 48×48 images of a bright disc; masks 0/`scale` (all 0 when `empty`)."""
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:48, :48]
-    for i in range(n):
-        mask = ((yy - 24 - i) ** 2 + (xx - 20 - 2 * i) ** 2 < 150).astype(np.uint8)
-        image = (mask * 140 + rng.normal(50, 10, mask.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"im{i}.png")
-        Image.fromarray(mask * scale * (not empty)).save(folder / "masks" / f"im{i}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cli-faults")
@@ -52,13 +39,13 @@ def root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(root) -> Path:
-    return _dataset(root / "data")
+    return write_disc_dataset(root / "data")
 
 
 @pytest.fixture(scope="module")
 def data01(root) -> Path:
     """Two classes stored as 0/1 (so that a model of more classes can read them)."""
-    return _dataset(root / "data01", scale=1)
+    return write_disc_dataset(root / "data01", scale=1)
 
 
 def _checkpoint(path: Path, num_classes: int) -> Path:
@@ -280,7 +267,7 @@ def test_images_without_masks_says_masks_is_missing(tmp_path, capsys):
 
 
 def test_rgb_mask_fix_names_what_the_command_line_can_do(tmp_path, capsys):
-    folder = _dataset(tmp_path / "rgb", n=2)
+    folder = write_disc_dataset(tmp_path / "rgb", n=2)
     for path in (folder / "masks").iterdir():
         Image.fromarray(np.full((48, 48, 3), (10, 200, 30), np.uint8)).save(path)
     assert main(["train", str(folder), "--out", str(tmp_path / "run"), *TRAIN]) == 2
@@ -329,7 +316,7 @@ def test_evaluate_warns_of_model_classes_absent_from_the_data(
 
 
 def test_training_on_masks_without_objects_warns_once(tmp_path, capsys):
-    empty = _dataset(tmp_path / "empty", empty=True)
+    empty = write_disc_dataset(tmp_path / "empty", empty=True)
     assert main(["train", str(empty), "--out", str(tmp_path / "run"), *TRAIN]) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err

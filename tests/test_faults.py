@@ -37,6 +37,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import pixelwise
+from conftest import write_disc_dataset
 from pixelwise.atomic import current_umask
 from pixelwise.cli import main
 
@@ -84,23 +85,9 @@ def _run(argv: list[str], fault: dict | None = None, **spec) -> subprocess.Compl
     )
 
 
-def _write_dataset(folder: Path, n: int, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < (size // 4) ** 2).astype(np.uint8)
-        image = (mask * 140 + rng.normal(50, 10, mask.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"im{i}.png")
-        Image.fromarray(mask * 255).save(folder / "masks" / f"im{i}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return _write_dataset(tmp_path_factory.mktemp("faults") / "data", 3, 48)
+    return write_disc_dataset(tmp_path_factory.mktemp("faults") / "data")
 
 
 def _train_argv(data: Path, out: Path, *, steps: int = 6) -> list[str]:
@@ -243,7 +230,8 @@ def test_sigterm_and_ctrl_c_save_and_exit(signame, status, data, reference, tmp_
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    return _write_dataset(tmp_path_factory.mktemp("faults") / "predict", 4, 64) / "images"
+    folder = write_disc_dataset(tmp_path_factory.mktemp("faults") / "predict", n=4, size=64)
+    return folder / "images"
 
 
 def _predict_argv(reference: Path, images: Path, out: Path) -> list[str]:

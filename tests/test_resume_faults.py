@@ -5,32 +5,19 @@ traceback, and leaves no checkpoint that is not whole and finite."""
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import pixelwise
+from conftest import write_disc_dataset
 from pixelwise.cli import main
 from pixelwise.train import loop
 
 
-def _write_data(folder: Path, seed: int) -> Path:
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:48, :48]
-    for i in range(3):
-        mask = ((yy - 24 - i) ** 2 + (xx - 20 - 2 * i) ** 2 < 150).astype(np.uint8)
-        image = (mask * 140 + rng.normal(50, 10, mask.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / "images" / f"im{i}.png")
-        Image.fromarray(mask * 255).save(folder / "masks" / f"im{i}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return _write_data(tmp_path_factory.mktemp("resume") / "data", seed=0)
+    return write_disc_dataset(tmp_path_factory.mktemp("resume") / "data")
 
 
 OPTIONS = ["--batch-size", "2", "--patch-size", "16", "--val-every", "2", "--optimizer", "adam",
@@ -94,7 +81,7 @@ def test_resume_logs_a_changed_learning_rate(data, run, capsys):
 
 
 def test_resume_on_other_data_needs_allow_new_data(data, run, tmp_path, capsys):
-    other = _write_data(tmp_path / "other", seed=1)
+    other = write_disc_dataset(tmp_path / "other", seed=1)
     before = (run / "config.yaml").read_text()
     assert _resume(other, run, "--steps", "3") == 2
     err = capsys.readouterr().err
