@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,napari,bioimageio]"
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed

@@ -25,6 +25,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -203,6 +204,34 @@ def time_calls(fn: Callable[[], Any], *, repeats: int, warmup: int) -> Timing:
 def median_seconds(fn: Callable[[], Any], *, repeats: int, warmup: int) -> float:
     """Median wall time in seconds of one call of `fn` (see `time_calls`)."""
     return time_calls(fn, repeats=repeats, warmup=warmup).seconds
+
+
+class WorkerFailed(RuntimeError):
+    """A benchmark worker exited non-zero or ran past its time limit."""
+
+
+def run_worker(script: str, cfg: dict[str, Any], *, timeout: float | None = None) -> dict:
+    """Run `python script --worker JSON(cfg)` in a fresh process; its last stdout line's JSON.
+
+    A fresh process per measurement keeps peak RSS (ru_maxrss) and allocator state separate.
+
+    Raises:
+        WorkerFailed: the worker failed (the end of its stderr in the message) or ran past
+            `timeout` seconds.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, script, "--worker", json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise WorkerFailed(f"over the {timeout:.0f} s limit") from e
+    if proc.returncode:
+        raise WorkerFailed(f"worker {cfg.get('kind', cfg)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------------------------

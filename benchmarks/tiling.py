@@ -26,7 +26,6 @@ import argparse
 import itertools
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import Run, make_parser, median_seconds, parse_args
+from common import Run, make_parser, median_seconds, parse_args, run_worker
 from references import whole_image_probs
 
 THREADS = 2
@@ -149,15 +148,7 @@ def worker(cfg: dict) -> dict:
 
 
 def _run(cfg: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode:
-        raise RuntimeError(f"worker {cfg['kind']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, cfg)
 
 
 def _smooth_image(size: int, seed: int) -> np.ndarray:

@@ -9,6 +9,10 @@
 * `tiny_unet`: a seeded, narrow U-Net in eval mode for tests that need a real network fast.
 * `write_disc_dataset`: a folder-pairs dataset (images/ + masks/ PNGs) of bright discs, for
   the command-line tests.
+* `LogitsAsInput`: a same-size "network" (stride 1, margin 0, 3 classes) that returns its input
+  as logits, so a test controls the predicted probabilities exactly.
+* `random_fcn()`: a seeded narrow FCN-8s (3 channels, 3 classes) whose score layers are
+  randomised (they start at zero), so its outputs vary.
 * `instance_checkpoint`: a saved three-class instance checkpoint of `instance_unet()` (random
   weights that make tens of objects of a textured image) with `INSTANCE_NORM` normalisation and
   the default post-processing.
@@ -19,12 +23,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from pixelwise.models import UNet
+from pixelwise.models import FCN, UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -120,3 +126,35 @@ def write_disc_dataset(
         Image.fromarray(image).save(folder / "images" / f"im{i}.png")
         Image.fromarray(mask * scale * (not empty)).save(folder / "masks" / f"im{i}.png")
     return folder
+
+
+class LogitsAsInput(nn.Module):
+    """Returns its input as logits: an image of K log-probabilities is predicted as those
+    probabilities. Geometry of a same-size network without pooling (stride 1, margin 0)."""
+
+    stride = 1
+    margin = receptive_radius = 0
+    hparams: ClassVar[dict[str, int]] = {"in_channels": 3, "num_classes": 3}
+
+    def output_size(self, n: int) -> int:
+        return n
+
+    def input_size(self, m: int) -> int:
+        return m
+
+    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
+        return list(range(max(lo, 1), hi + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def random_fcn() -> FCN:
+    """A seeded FCN-8s, 3 channels → 3 classes, width 1/16, in eval mode, score layers random."""
+    torch.manual_seed(0)
+    model = FCN("8s", 3, 3, width=1 / 16).eval()
+    with torch.no_grad():  # the score layers start at zero: randomise them so outputs vary
+        for layer in (model.score_fr, model.score_pool4, model.score_pool3):
+            layer.weight.normal_(0, 0.5)
+            layer.bias.normal_(0, 0.5)
+    return model

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pixelwise.atomic import atomic_path, atomic_write, remove_stale_temporaries, write_text
+from pixelwise.atomic import (
+    atomic_folder,
+    atomic_path,
+    atomic_write,
+    remove_stale_temporaries,
+    write_text,
+)
 
 
 def _with_umask(mask: int, fn):
@@ -89,3 +95,53 @@ def test_a_write_killed_with_sigkill_is_cleaned_by_the_next_write(tmp_path: Path
     assert len(leftovers) == 1 and not target.exists()
     write_text(target, "done")
     assert [p.name for p in tmp_path.iterdir()] == ["big.tif"]
+
+
+def test_a_folder_appears_complete_with_the_umask_modes_and_replaces_the_old(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "out" / "image.ome.zarr"
+
+    def write(text: str) -> None:
+        with atomic_folder(target) as tmp:
+            assert tmp.parent == target.parent and tmp.name.endswith(".tmp")
+            (tmp / "0").mkdir()
+            (tmp / "0" / "chunk").write_text(text)
+            assert not target.exists() or (target / "0" / "chunk").read_text() != text
+
+    _with_umask(0o022, lambda: write("old"))
+    assert target.stat().st_mode & 0o777 == 0o755
+    assert (target / "0").stat().st_mode & 0o777 == 0o755
+    assert (target / "0" / "chunk").stat().st_mode & 0o777 == 0o644
+    _with_umask(0o022, lambda: write("new"))
+    assert (target / "0" / "chunk").read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["image.ome.zarr"]
+
+
+def test_a_failing_folder_write_leaves_the_old_folder_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "package"
+    target.mkdir()
+    (target / "rdf.yaml").write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_folder(target) as tmp:
+        (tmp / "rdf.yaml").write_text("half")
+        raise KeyboardInterrupt
+    assert (target / "rdf.yaml").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["package"]
+
+
+def test_a_folder_write_killed_with_sigkill_is_cleaned_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "labels.zarr"
+    code = (
+        "import os, signal\n"
+        "from pixelwise.atomic import atomic_folder\n"
+        f"with atomic_folder({str(target)!r}) as tmp:\n"
+        "    (tmp / 'part').write_bytes(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False)
+    assert result.returncode == -9
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".labels.zarr.")]
+    assert len(leftovers) == 1 and leftovers[0].is_dir() and not target.exists()
+    with atomic_folder(target) as tmp:
+        (tmp / "done").write_text("1")
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.zarr"]

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import pixelwise
+from conftest import random_fcn
 from pixelwise import export
 from pixelwise.export import ExportError, export_onnx, read_onnx_metadata, verify_onnx
-from pixelwise.models import FCN, UNet
+from pixelwise.models import UNet
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
@@ -20,16 +21,6 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 def _unet(padding: str, depth: int = 3) -> UNet:
     torch.manual_seed(0)
     return UNet(2, 3, base_channels=4, depth=depth, padding=padding).eval()
-
-
-def _fcn() -> FCN:
-    torch.manual_seed(0)
-    model = FCN("8s", 3, 3, width=1 / 16).eval()
-    with torch.no_grad():  # the score layers start at zero: randomise them so outputs vary
-        for layer in (model.score_fr, model.score_pool4, model.score_pool3):
-            layer.weight.normal_(0, 0.5)
-            layer.bias.normal_(0, 0.5)
-    return model
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
@@ -53,7 +44,7 @@ def _check_sizes(path: Path, model: torch.nn.Module, sizes: list[tuple[int, int,
 CASES = {
     "unet_valid": (lambda: _unet("valid"), [(1, 48, 60), (3, 76, 52)]),
     "unet_same": (lambda: _unet("same"), [(1, 24, 40), (2, 36, 28)]),
-    "fcn8s": (_fcn, [(1, 37, 45), (2, 70, 33)]),
+    "fcn8s": (random_fcn, [(1, 37, 45), (2, 70, 33)]),
 }
 
 
@@ -127,3 +118,24 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"exporter must be one of"):
         export_onnx(_unet("valid"), tmp_path / "m.onnx", exporter="tf")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_proto_of_a_wrapping_module_with_renamed_io() -> None:
+    """A module around a model (softmax over the U-Net's logits) exports, is checked at two
+    sizes, and runs under the names `rename_io` gives it."""
+    from pixelwise.export import onnx_proto, rename_io
+
+    unet = _unet("valid")
+    wrapped = torch.nn.Sequential(unet, torch.nn.Softmax(dim=1)).eval()
+    example = torch.zeros(1, 2, 44, 48)
+    proto, name = onnx_proto(
+        wrapped, example, margin=unet.margin, checks=[(1, 48, 52)], exporter="torchscript"
+    )
+    assert name == "torchscript"
+    rename_io(proto, "input", "output")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 2, 52, 44)
+    (got,) = session.run(["output"], {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, wrapped(x).numpy(), atol=1e-5)
+    assert got.shape == (2, 3, 52 - 40, 44 - 40)

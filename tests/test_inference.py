@@ -6,7 +6,6 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -15,9 +14,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
-from torch import nn
 
 import pixelwise
+from conftest import LogitsAsInput
 from pixelwise import cli, instances, report, tiling
 from pixelwise.data import read_image, to_chw_float, voc_palette
 from pixelwise.distributed import distributed_context, select_device
@@ -361,7 +360,8 @@ def test_options_that_would_fail_every_file_raise_first(
 ) -> None:
     with pytest.raises(ValueError, match=r"tile_size 50 is not a valid input size.*48, 52"):
         predict_files(checkpoint, [good_folder], tmp_path, tile_size=50, log=None)
-    with pytest.raises(ValueError, match="output_format must be one of 'png', 'tif'; got 'jpg'"):
+    formats = "output_format must be one of 'png', 'tif', 'ome-zarr'; got 'jpg'"
+    with pytest.raises(ValueError, match=formats):
         predict_files(checkpoint, [good_folder], tmp_path, output_format="jpg", log=None)
     with pytest.raises(ValueError, match="autocast must be one of None, 'bf16', 'fp16'; got"):
         predict_files(checkpoint, [good_folder], tmp_path, autocast="int8", log=None)
@@ -703,27 +703,6 @@ def test_streamed_tables_equal_the_whole_map_tables() -> None:
     assert object_rles(objects, rows) == [a["segmentation"] for a in coco["annotations"]]
 
 
-class _LogitsAsInput(nn.Module):
-    """Returns its input as logits: an image of K log-probabilities is predicted as those
-    probabilities. Geometry of a same-size network without pooling (stride 1, margin 0)."""
-
-    stride = 1
-    margin = receptive_radius = 0
-    hparams: ClassVar[dict[str, int]] = {"in_channels": 3, "num_classes": 3}
-
-    def output_size(self, n: int) -> int:
-        return n
-
-    def input_size(self, m: int) -> int:
-        return m
-
-    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
-        return list(range(max(lo, 1), hi + 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 @pytest.mark.parametrize("probs", [True, False])
 def test_streamed_instances_equal_the_whole_image_instances(tmp_path: Path, probs: bool) -> None:
     """predict_files above stream_pixels (48² px blocks with 40 px of context): the instance
@@ -739,11 +718,11 @@ def test_streamed_instances_equal_the_whole_image_instances(tmp_path: Path, prob
         options=PredictOptions(tile_size=64, device="cpu"),
         log=None,
     )
-    whole = predict_files(_LogitsAsInput(), [tmp_path / "cells.tif"], tmp_path / "w", **common)
+    whole = predict_files(LogitsAsInput(), [tmp_path / "cells.tif"], tmp_path / "w", **common)
     previous = os.umask(0o022)
     try:
         streamed = predict_files(
-            _LogitsAsInput(),
+            LogitsAsInput(),
             [tmp_path / "cells.tif"],
             tmp_path / "s",
             probs=probs,

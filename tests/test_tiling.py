@@ -21,6 +21,7 @@ from pixelwise.tiling import (
     PredictOptions,
     activation_bytes_per_pixel,
     choose_tile_size,
+    iter_predict,
     plan_axis,
     plan_tiles,
     predict,
@@ -581,3 +582,43 @@ def test_check_model_needs_the_geometry_api():
         options.check_model(nn.Conv2d(1, 2, 3))
     with pytest.raises(ValueError, match="tile_size 61 is not a valid input size"):
         PredictOptions(tile_size=(60, 61)).check_model(_unet(3))
+
+
+# --------------------------------------------------------------------------------------------
+# iter_predict: the engine as a generator of progress
+# --------------------------------------------------------------------------------------------
+
+
+def test_iter_predict_yields_each_batch_and_returns_what_predict_returns():
+    model = _unet(2)
+    image = _image(150, 130, seed=3)
+    tile = _smallest_valid(model, 60)
+    tiles = plan_tiles(image.shape, model, tile)
+    steps = iter_predict(model, image, tile_size=tile, batch_size=2)
+    seen = []
+    while True:
+        try:
+            seen.append(next(steps))
+        except StopIteration as done:
+            result = done.value
+            break
+    expected_tiles = [*range(2, len(tiles), 2), len(tiles)]
+    assert [p.tiles for p in seen] == expected_tiles and len(tiles) > 4
+    pixels = np.cumsum([t.output_pixels for t in tiles])[np.array(expected_tiles) - 1]
+    assert [p.pixels for p in seen] == pixels.tolist() and seen[-1].fraction == 1.0
+    assert {(p.total_tiles, p.total_pixels) for p in seen} == {(len(tiles), 150 * 130)}
+    np.testing.assert_array_equal(result, predict(model, image, tile_size=tile, batch_size=2))
+
+
+def test_closing_iter_predict_stops_it_and_restores_the_model():
+    model = _unet(2).train()
+    forwards = []
+    hook = model.register_forward_hook(lambda *_: forwards.append(1))
+    steps = iter_predict(
+        model, _image(150, 130), tile_size=_smallest_valid(model, 60), batch_size=1
+    )
+    first = next(steps)
+    assert not model.training and first.tiles == 1 and len(forwards) == 1
+    steps.close()
+    hook.remove()
+    assert model.training and len(forwards) == 1  # no further tile ran

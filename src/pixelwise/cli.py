@@ -91,8 +91,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         if f.name in ("data", "model_args"):
             continue
         flags = ["--" + f.name.replace("_", "-")]
-        if f.name == "amp":
-            flags.append("--autocast")  # predict's spelling of the same option
+        if f.name == "precision":
+            flags += ["--amp", "--autocast"]  # the older names, kept as aliases
         help_ = " ".join((f.metadata["help"], default_help(f.name))).strip()
         kind = _flag_type(hints[f.name])
         if kind is bool:
@@ -211,6 +211,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     budget = {} if args.memory_budget_mb is None else {"memory_budget_mb": args.memory_budget_mb}
     overlap = {} if args.block_overlap is None else {"block_overlap": args.block_overlap}
     postprocessing = _postprocessing_overrides(args)
+    precision = _precision_arg(args)
+    if context.main:
+        print(_precision_header(precision, args.device))
     try:
         options = PredictOptions(
             tile_size=args.tile_size,
@@ -218,7 +221,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             tta=args.tta,
             pad_mode=args.pad_mode,
             halo=args.halo,
-            autocast=args.autocast,
             channels_last=args.channels_last,
             device=args.device,
             progress=not args.no_progress,
@@ -234,7 +236,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             objects=args.objects,
             instances=args.instances,
             postprocessing=postprocessing,
+            precision=precision,
             output_format=args.format,
+            channel=args.channel,
+            level=args.level,
             rank=context.rank,
             world_size=context.world_size,
             **overlap,
@@ -248,14 +253,58 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pixelwise.export import ExportError, export_onnx
 
+    if args.onnx is None and args.bioimageio is None:
+        raise UserError("export needs --onnx FILE or --bioimageio OUT (a folder or .zip), or both")
+    if args.bioimageio is not None:
+        _export_bioimageio(args)
+    if args.onnx is not None:
+        try:
+            path = export_onnx(
+                args.checkpoint, args.onnx, opset=args.opset, example_size=args.example_size
+            )
+        except (ExportError, ValueError) as e:
+            raise UserError(str(e)) from None
+        print(f"wrote {path}")
+    return 0
+
+
+def _export_bioimageio(args: argparse.Namespace) -> None:
+    """`export --bioimageio OUT`: the bioimage.io package (`pixelwise.bioimageio`)."""
+    from pixelwise.bioimageio import BioimageioError, PackageInfo, export_bioimageio
+    from pixelwise.export import ExportError
+
+    cite = []
+    for text in args.cite or ():
+        words, sep, ref = text.rpartition("|")
+        if not sep or not words.strip():
+            raise UserError(f"--cite {text!r}: write it as 'TEXT|DOI_OR_URL'")
+        cite.append((words.strip(), ref.strip()))
+    defaults = PackageInfo()
+    info = PackageInfo(
+        name=args.name,
+        description=args.description,
+        authors=tuple(args.author or ()),
+        license=args.license or defaults.license,
+        cite=tuple(cite),
+        tags=tuple(args.tag or ()),
+        git_repo=args.git_repo,
+    )
+    weights = args.weights.split(",") if args.weights else None
     try:
-        path = export_onnx(
-            args.checkpoint, args.onnx, opset=args.opset, example_size=args.example_size
+        path = export_bioimageio(
+            args.checkpoint,
+            args.bioimageio,
+            info=info,
+            weights=weights,
+            test_image=args.test_image,
+            input_dtype=args.input_dtype,
+            opset=args.opset,
         )
-    except (ExportError, ValueError) as e:
+    except (BioimageioError, ExportError) as e:
         raise UserError(str(e)) from None
     print(f"wrote {path}")
-    return 0
+    if not args.author:
+        print("note: --author was not given: the package names your login name as its author")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -341,6 +390,43 @@ def _add_postprocessing_flags(p: argparse.ArgumentParser) -> None:
 _CHECKPOINT_HELP = "a .safetensors checkpoint, or a run folder (its best.safetensors)"
 
 
+def _add_precision_option(p: argparse.ArgumentParser) -> None:
+    """--precision of predict (`pixelwise.precision.resolve_precision`)."""
+    from pixelwise.precision import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default): bf16 autocast on CPUs with native bf16 (AVX512_BF16 or AMX) and "
+        "on CUDA GPUs with bf16, fp16 on other GPUs, fp32 on other CPUs (where bf16 is "
+        "emulated, slow); the run's first line says what was chosen and why",
+    )
+
+
+def _precision_header(precision: str, device: str | None) -> str:
+    """predict's first line: the device and the precision chosen there, and why. The choice is
+    `resolve_precision`'s, a pure function of the device and the CPU, so it is the one
+    `predict_files` makes (which also gives any warning about it)."""
+    from pixelwise.distributed import select_device
+    from pixelwise.precision import resolve_precision
+
+    target = select_device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return f"predicting on {target}, {resolve_precision(precision, target).describe()}"
+
+
+def _precision_arg(args: argparse.Namespace) -> str:
+    """--precision, or the precision the older --autocast/--amp names (they must agree)."""
+    if args.autocast is None or args.precision in ("auto", args.autocast):
+        return args.autocast or args.precision
+    raise UserError(
+        f"--precision {args.precision} and --autocast {args.autocast} disagree; give "
+        f"--precision alone (--autocast and --amp are its older spellings)"
+    )
+
+
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images of any size with overlap-tile inference")
     p.add_argument("checkpoint", help=_CHECKPOINT_HELP)
@@ -379,7 +465,26 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="streamed images: context around each block made into objects; exact for objects "
         "up to half of it across (default: 128)",
     )
-    p.add_argument("--format", default="png", choices=("png", "tif"), help="class-map format")
+    p.add_argument(
+        "--format",
+        default="png",
+        choices=("png", "tif", "ome-zarr"),
+        help="class-map format: palette PNG, TIFF (tiled, compressed BigTIFF for large images) "
+        "or OME-Zarr (NGFF label images; probs as an NGFF image)",
+    )
+    p.add_argument(
+        "--channel",
+        type=int,
+        metavar="N",
+        help="predict channel N (0-based) of multi-channel images (default: every channel)",
+    )
+    p.add_argument(
+        "--level",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pyramid level of pyramidal TIFF / OME-Zarr inputs (default: 0, full resolution)",
+    )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda:LOCAL_RANK when available)")
     p.add_argument(
         "--memory-budget-mb",
@@ -388,8 +493,12 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MB",
         help="activation memory of one tile batch; sets the automatic tile size (default: 1024)",
     )
+    _add_precision_option(p)
     p.add_argument(
-        "--autocast", "--amp", choices=("bf16", "fp16"), help="mixed-precision inference"
+        "--autocast",
+        "--amp",
+        choices=("bf16", "fp16"),
+        help="mixed-precision inference: the older spelling of --precision bf16|fp16",
     )
     p.add_argument(
         "--channels-last",
@@ -402,9 +511,11 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic height and width)")
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX or as a bioimage.io model package"
+    )
     p.add_argument("checkpoint", help=_CHECKPOINT_HELP)
-    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--onnx", metavar="FILE", help="output .onnx file")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument(
         "--example-size",
@@ -412,6 +523,40 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="side of the example input to trace, a valid input size (default: a small one)",
+    )
+    g = p.add_argument_group("bioimage.io package (pip install 'pixelwise[bioimageio]')")
+    g.add_argument("--bioimageio", metavar="OUT", help="the package: a new folder or a .zip")
+    g.add_argument("--name", help="the model's name (default from the model and its target)")
+    g.add_argument("--description", help="one sentence on the model")
+    g.add_argument(
+        "--author",
+        action="append",
+        metavar="'NAME [<EMAIL>] [@GITHUB]'",
+        help="an author, repeatable (default: your login name)",
+    )
+    g.add_argument("--license", help="SPDX licence identifier (default CC-BY-4.0)")
+    g.add_argument(
+        "--cite",
+        action="append",
+        metavar="'TEXT|DOI_OR_URL'",
+        help="a citation, repeatable (default: the architecture's paper)",
+    )
+    g.add_argument("--tag", action="append", help="an extra tag, repeatable")
+    g.add_argument("--git-repo", metavar="URL", help="the code that trained the model")
+    g.add_argument(
+        "--weights",
+        metavar="FORMATS",
+        help="comma-separated: pytorch_state_dict, torchscript, onnx (default: all available)",
+    )
+    g.add_argument(
+        "--test-image",
+        metavar="IMAGE",
+        help="an image like the training images, cropped to a valid size as the package's "
+        "test input (default: synthetic cells)",
+    )
+    g.add_argument(
+        "--input-dtype",
+        help="the input dtype when the checkpoint records no normalisation (default float32)",
     )
     p.set_defaults(func=_cmd_export)
 

@@ -13,6 +13,9 @@ JSON string (read them back with `read_onnx_metadata`):
     normalization (null when the checkpoint has none), class_names, palette,
     exporter ("dynamo" or "torchscript": which one wrote the graph)
 
+`onnx_proto` exports any module (a model or one wrapping it, as the bioimage.io package's
+`PackagedModel`) to a checked in-memory model; `rename_io` names its input and output.
+
 Exporters: torch's dynamo exporter (`torch.export` + onnxscript) is tried first; if it raises, or
 the model it writes disagrees with PyTorch at a second input size, the TorchScript exporter is
 used. Each result is checked with onnxruntime (when installed) at the example size and at a second
@@ -208,7 +211,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: str, opse
 
 
 def _export_with(
-    method: Exporter, model: nn.Module, example: torch.Tensor, opset: int
+    method: Exporter, model: nn.Module, example: torch.Tensor, opset: int, margin: int
 ) -> onnx.ModelProto:
     """Run one exporter into a temporary folder; return the loaded `onnx.ModelProto`."""
     import onnx
@@ -217,7 +220,7 @@ def _export_with(
         raw = os.path.join(tmp, "model.onnx")
         method(model, example, raw, opset)
         proto = onnx.load(raw)  # also loads external weight files, before tmp is removed
-    _name_dims(proto, int(model.margin))
+    _name_dims(proto, margin)
     return proto
 
 
@@ -234,12 +237,23 @@ def _name_dims(proto: onnx.ModelProto, margin: int) -> None:
             dims[axis].dim_param = name
 
 
+def rename_io(proto: onnx.ModelProto, input_name: str, output_name: str) -> None:
+    """Rename the graph's one input and one output (and every node reference to them)."""
+    renames = {proto.graph.input[0].name: input_name, proto.graph.output[0].name: output_name}
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    proto.graph.input[0].name = input_name
+    proto.graph.output[0].name = output_name
+
+
 def verify_onnx(
     onnx_model: onnx.ModelProto,
     model: nn.Module,
     sizes: Sequence[tuple[int, int, int]],
     *,
     atol: float = _ATOL,
+    in_channels: int | None = None,
 ) -> str | None:
     """Run an in-memory ONNX model with onnxruntime and compare with `model` (CPU, float32).
 
@@ -247,7 +261,9 @@ def verify_onnx(
         onnx_model: an `onnx.ModelProto`.
         model: the PyTorch model it was exported from, in eval mode.
         sizes: (N, H, W) inputs to try, each filled with a seeded standard normal.
-        atol: largest allowed absolute difference of the logits.
+        atol: largest allowed absolute difference of the outputs.
+        in_channels: channels of the inputs; default the pixelwise model's `in_channels` (pass
+            it for any other module, e.g. a bioimage.io package's `PackagedModel`).
 
     Returns:
         None when every size agrees (or onnxruntime is not installed), else a one-line reason.
@@ -259,14 +275,15 @@ def verify_onnx(
     session = ort.InferenceSession(
         onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    in_channels = model_config(model)[1]["in_channels"]
+    if in_channels is None:
+        in_channels = model_config(model)[1]["in_channels"]
     generator = torch.Generator().manual_seed(0)
     for n, h, w in sizes:
         x = torch.randn(n, in_channels, h, w, generator=generator)
         with torch.no_grad():
             ref = model(x).numpy()
         try:
-            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         except Exception as e:  # any runtime failure is a failed verification
             return f"onnxruntime failed at input {(n, in_channels, h, w)}: {e}"
         if got.shape != ref.shape:
@@ -275,6 +292,53 @@ def verify_onnx(
         if diff > atol:
             return f"max |ONNX − PyTorch| = {diff:.3g} > {atol} at input {(n, h, w)}"
     return None
+
+
+def onnx_proto(
+    module: nn.Module,
+    example: torch.Tensor,
+    *,
+    margin: int,
+    checks: Sequence[tuple[int, int, int]],
+    opset: int = 17,
+    exporter: str = "auto",
+) -> tuple[onnx.ModelProto, str]:
+    """Export an eval-mode CPU module to an in-memory ONNX model, checked with onnxruntime.
+
+    Args:
+        module: a pixelwise model, or a module wrapping one (a bioimage.io `PackagedModel`).
+        example: (N, C, H, W) input to trace, of a valid size.
+        margin: pixels the output loses per side ((H − H') / 2), naming the output's axes.
+        checks: (N, H, W) inputs `verify_onnx` compares with PyTorch; empty: no check.
+        opset: ONNX opset.
+        exporter: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript".
+
+    Returns:
+        (the model, the name of the exporter that wrote it).
+
+    Raises:
+        ExportError: no exporter produced a model that matches PyTorch (the reasons are listed).
+    """
+    check_choice("exporter", exporter, EXPORTERS)
+    methods = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    failures = []
+    for name in order:
+        try:
+            proto = _export_with(methods[name], module, example, opset, margin)
+        except Exception as e:  # try the next exporter; report every failure
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            failures.append(f"{name}: export failed ({type(e).__name__}: {first})")
+            continue
+        reason = (
+            verify_onnx(proto, module, checks, in_channels=int(example.shape[1]))
+            if checks
+            else None
+        )
+        if reason is None:
+            return proto, name
+        failures.append(f"{name}: {reason}")
+    raise ExportError("ONNX export failed; " + "; ".join(failures))
 
 
 def export_onnx(
@@ -320,28 +384,19 @@ def export_onnx(
     model, meta = _resolve(checkpoint_or_model)
     h, w = _check_example_size(model, example_size)
     checks = [(2, h, w), (2, _second_size(model, h), _second_size(model, w))]
-    methods = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
-    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-
     param = next(model.parameters())
     was_training, device = model.training, param.device
     model.eval().cpu()
-    failures = []
     try:
         example = torch.zeros(2, model_config(model)[1]["in_channels"], h, w)
-        for name in order:
-            try:
-                proto = _export_with(methods[name], model, example, opset)
-            except Exception as e:  # try the next exporter; report every failure
-                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                failures.append(f"{name}: export failed ({type(e).__name__}: {first})")
-                continue
-            reason = verify_onnx(proto, model, checks) if verify else None
-            if reason is None:
-                break
-            failures.append(f"{name}: {reason}")
-        else:
-            raise ExportError("ONNX export failed; " + "; ".join(failures))
+        proto, name = onnx_proto(
+            model,
+            example,
+            margin=int(model.margin),
+            checks=checks if verify else (),
+            opset=opset,
+            exporter=exporter,
+        )
     finally:
         model.train(was_training).to(device)
     props = onnx_metadata(model, meta) | {"exporter": json.dumps(name)}

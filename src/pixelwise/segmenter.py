@@ -2,7 +2,9 @@
 
 `Segmenter` owns what turns one raw image into a `Segmentation` the way the checkpoint says:
 the recorded input normalisation (`pixelwise.data.to_chw_float`), overlap-tile inference
-(`pixelwise.tiling.predict`, the exact engine, with one validated `PredictOptions`) and, for
+(`pixelwise.tiling.predict`, the exact engine, with one validated `PredictOptions`) in the
+precision that is fast on the device (`precision="auto"`: bf16 autocast on CPUs with native
+bf16 and on CUDA, fp32 elsewhere; `pixelwise.precision.resolve_precision`) and, for
 instance models, the recorded post-processing (`pixelwise.instances.objects_from_probabilities`
 with `postprocessing_from_metadata(meta)`, and `object_scores`). `pixelwise predict` and
 `pixelwise.inference.predict_files` use it for every image held in memory, so the command line
@@ -16,6 +18,7 @@ that are streamed by `predict_files`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +36,7 @@ from pixelwise.instances import (
     objects_from_probabilities,
     postprocessing_from_metadata,
 )
+from pixelwise.precision import Precision, resolve_precision
 from pixelwise.tiling import PredictOptions
 
 __all__ = ["Segmentation", "Segmenter"]
@@ -72,13 +76,23 @@ class Segmenter:
         postprocessing: replaces the checkpoint's post-processing record
             (`postprocessing_from_metadata(meta)`), e.g. `segmenter.postprocessing.replace(
             min_size=30)`; it also makes a model without a record an instance model.
+        precision: "auto" (bf16 autocast on a CPU with native bf16, AVX512_BF16 or AMX, and on
+            CUDA, where the GPU lacks bf16 fp16; fp32 elsewhere), "fp32", "bf16" or "fp16";
+            resolved once for the device the model runs on (`options.device`, else where its
+            parameters are) into `options.autocast`. An `autocast` given in `options` or the
+            overrides is an explicit precision (the older way to ask for one). `precision`
+            says what was chosen and why.
         **option_overrides: `PredictOptions` fields replacing those of `options` (tile_size,
             tta, device, ...).
 
     Raises:
         TypeError: an unknown option name, or a model without the geometry API.
-        ValueError: an option the model cannot use (validated once, here), or post-processing
-            for another number of classes than the model's.
+        ValueError: an option the model cannot use (validated once, here), post-processing
+            for another number of classes than the model's, a `precision` not in
+            `pixelwise.precision.PRECISIONS` or one that disagrees with `autocast`.
+
+    Warns:
+        InputWarning: bf16 or fp16 asked for on a CPU that emulates it (slow).
     """
 
     def __init__(
@@ -88,12 +102,15 @@ class Segmenter:
         meta: dict[str, Any] | None = None,
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
+        precision: str = "auto",
         **option_overrides: Any,
     ) -> None:
         self.model = model
         self.meta: dict[str, Any] = dict(meta or {})
-        self.options = PredictOptions.build(options, **option_overrides)
-        self.options.check_model(model)  # once, before any image
+        options = PredictOptions.build(options, **option_overrides)
+        options.check_model(model)  # once, before any image
+        self.precision: Precision = _resolve_precision(precision, options, model)
+        self.options = dataclasses.replace(options, autocast=self.precision.autocast)
         if postprocessing is not None and not isinstance(postprocessing, PostProcessing):
             raise TypeError(
                 f"postprocessing must be a PostProcessing or None, got "
@@ -118,6 +135,7 @@ class Segmenter:
         *,
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
+        precision: str = "auto",
         **option_overrides: Any,
     ) -> Segmenter:
         """Load a `.safetensors` checkpoint (`pixelwise.checkpoint.load_state`) and keep its
@@ -126,7 +144,7 @@ class Segmenter:
 
         Args:
             path: the checkpoint, e.g. `runs/x/best.safetensors`.
-            options, postprocessing, **option_overrides: as for `Segmenter(...)`.
+            options, postprocessing, precision, **option_overrides: as for `Segmenter(...)`.
 
         Raises:
             CheckpointError: the file is missing or not a pixelwise checkpoint.
@@ -135,7 +153,9 @@ class Segmenter:
         model, meta, _ = load_state(path)
         options = PredictOptions.build(options, **option_overrides)
         model.to(select_device(options.device))
-        return cls(model, meta=meta, options=options, postprocessing=postprocessing)
+        return cls(
+            model, meta=meta, options=options, postprocessing=postprocessing, precision=precision
+        )
 
     @property
     def normalization(self) -> dict[str, Any] | None:
@@ -199,3 +219,19 @@ class Segmenter:
         name = type(self.model).__name__
         kind = "semantic" if self.postprocessing is None else self.postprocessing.target
         return f"Segmenter({name}, {self.num_classes} classes, {kind}, {self.options})"
+
+
+def _resolve_precision(precision: str, options: PredictOptions, model: nn.Module) -> Precision:
+    """`precision` resolved for the device the model runs on; an `options.autocast` is an
+    explicit precision, which "auto" gives way to and any other precision must equal."""
+    if options.autocast is not None:
+        if precision not in ("auto", options.autocast):
+            raise ValueError(
+                f"precision {precision!r} and autocast {options.autocast!r} disagree; give "
+                f"precision alone (autocast is its older spelling)"
+            )
+        precision = options.autocast
+    device = options.device
+    if device is None:
+        device = next((p.device for p in model.parameters()), "cpu")
+    return resolve_precision(precision, device)

@@ -14,7 +14,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
@@ -23,6 +23,9 @@ from PIL import Image
 from pixelwise.atomic import atomic_path
 from pixelwise.data.errors import DataError, StrPath, data_error, location
 from pixelwise.data.palette import as_palette
+
+if TYPE_CHECKING:
+    from pixelwise.data.lazy import PixelSize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -221,7 +224,9 @@ def _to_pillow(array: np.ndarray, palette: Any, path: Path) -> Image.Image:
     return Image.fromarray(array)
 
 
-def _encoder(array: np.ndarray, palette: Any, path: Path) -> Callable[[Path], None]:
+def _encoder(
+    array: np.ndarray, palette: Any, path: Path, pixel_size: PixelSize | None
+) -> Callable[[Path], None]:
     """The function that writes `array` to a given file in the format of `path`'s suffix."""
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
@@ -229,19 +234,28 @@ def _encoder(array: np.ndarray, palette: Any, path: Path) -> Callable[[Path], No
             raise ValueError(f"palette is only supported for PNG, got {path}; use a .png path")
         photometric = "rgb" if array.ndim == 3 and array.shape[2] in (3, 4) else "minisblack"
         planar = "contig" if array.ndim == 3 else None
+        resolution = {}
+        if pixel_size is not None:  # pixels per centimetre
+            resolution = {
+                "resolution": (1e4 / pixel_size.x, 1e4 / pixel_size.y),
+                "resolutionunit": "CENTIMETER",
+            }
         return lambda target: tifffile.imwrite(
-            target, array, photometric=photometric, planarconfig=planar
+            target, array, photometric=photometric, planarconfig=planar, **resolution
         )
     if suffix == ".png" or suffix in JPEG_SUFFIXES:
         image = _to_pillow(array, palette, path)
         image_format = "PNG" if suffix == ".png" else "JPEG"
-        return lambda target: image.save(target, format=image_format)
+        dpi = {} if pixel_size is None else {"dpi": (25400 / pixel_size.x, 25400 / pixel_size.y)}
+        return lambda target: image.save(target, format=image_format, **dpi)
     raise ValueError(
         f"unsupported image suffix {path.suffix!r} for {path}; use .png, .tif/.tiff or .jpg"
     )
 
 
-def write_image(path: StrPath, array: np.ndarray, *, palette: Any = None) -> None:
+def write_image(
+    path: StrPath, array: np.ndarray, *, palette: Any = None, pixel_size: PixelSize | None = None
+) -> None:
     """Write an image atomically: readers see the old file or the new one, never half of it.
 
     Written through :func:`pixelwise.atomic.atomic_path`: a temporary file beside ``path`` is
@@ -255,6 +269,8 @@ def write_image(path: StrPath, array: np.ndarray, *, palette: Any = None) -> Non
             as uint8 / uint16 when their values fit.
         palette: (n, 3) uint8 colours; writes a palette ('P' mode) PNG of the (H, W) class map,
             which :func:`read_image` reads back as the indices.
+        pixel_size: physical pixel size (:class:`pixelwise.data.lazy.PixelSize`, µm) to
+            record: TIFF resolution tags (pixels per cm), PNG / JPEG dpi.
 
     Raises:
         ValueError: unsupported suffix, shape, dtype or palette (message says which).
@@ -268,6 +284,6 @@ def write_image(path: StrPath, array: np.ndarray, *, palette: Any = None) -> Non
             f"array must be a non-empty (H, W) or (H, W, C) image with C in 1, 3, 4, got shape "
             f"{array.shape} for {path}; transpose (C, H, W) data with numpy.moveaxis(a, 0, -1)"
         )
-    encode = _encoder(array, palette, path)
+    encode = _encoder(array, palette, path, pixel_size)
     with atomic_path(path) as temporary:
         encode(temporary)

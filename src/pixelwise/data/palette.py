@@ -55,3 +55,25 @@ def as_palette(palette: Any) -> np.ndarray:
             f"got shape {array.shape} dtype {array.dtype}; pass one RGB row per class"
         )
     return array.astype(np.uint8)
+
+
+def checkpoint_palette(meta: dict[str, Any], num_classes: int) -> tuple[np.ndarray, str | None]:
+    """(colours, note): a checkpoint's class colours, as `pixelwise predict` and napari use them.
+
+    The checkpoint's recorded "palette" completed by the VOC map to max(num_classes, 2) rows
+    (at most 256); a palette that is not (n, 3) RGB is ignored, and `note` says so (else None).
+
+    Returns:
+        (max(K, 2), 3) uint8 colours, row i = class i, and the note.
+    """
+    colours = voc_palette(min(max(num_classes, 2), 256))
+    recorded = meta.get("palette")
+    if recorded is None:
+        return colours, None
+    try:
+        given = as_palette(recorded)
+    except (ValueError, TypeError) as e:
+        return colours, f"checkpoint palette ignored ({e}); using the PASCAL VOC colours"
+    rows = min(len(given), len(colours))
+    colours[:rows] = given[:rows]
+    return colours, None

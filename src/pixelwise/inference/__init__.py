@@ -42,14 +42,18 @@ dtype unlike the training data) cost one line through `log` and an entry in the 
 other files are still processed. Options that would fail every file (bad tile size, unknown
 output format) raise ValueError before any file is read.
 
-Large images (more than `stream_pixels`, 4096² by default) are streamed: an uncompressed TIFF is
-memory-mapped and read by region, the network input is normalised tile by tile
-(`NormalizedImage`), and the outputs go straight into memory-mapped TIFFs, so memory stays
-bounded by the tile batch. An instance model's objects are then made from the probabilities on
-disk in overlapping blocks (`pixelwise.inference.blocks`: equal to the whole-image objects for
-objects up to `block_overlap` / 2 pixels across) and their tables read in row bands. Overlays,
-and the connected-component tables of semantic models, need the whole map in memory and are
-skipped for such images (with a note).
+Large images (more than `stream_pixels`, 4096² by default) are streamed: the image is opened
+lazily (`pixelwise.data.lazy`: an uncompressed TIFF memory-mapped, a compressed tiled or strip
+TIFF / OME-TIFF / BigTIFF through tifffile's zarr store, an OME-Zarr image; `channel` and
+`level` pick a channel and a pyramid level) and read by region, the network input is normalised
+tile by tile (`NormalizedImage`), and the outputs are written region by region in row bands
+(`bands`) into tiled, compressed (Big)TIFFs or OME-Zarr groups (`ome_zarr`, with
+output_format="ome-zarr"), so memory stays bounded by the tile batch and the bands; the
+input's physical pixel size is carried to the outputs. An instance model's objects are then
+made from the probabilities on disk in overlapping blocks (`pixelwise.inference.blocks`: equal
+to the whole-image objects for objects up to `block_overlap` / 2 pixels across) and their tables
+read in row bands. Overlays, and the connected-component tables of semantic models, need the
+whole map in memory and are skipped for such images (with a note).
 
 Distributed: with `world_size` processes (e.g. `torchrun --nproc-per-node 4 -m pixelwise predict
 ...`), rank r processes files[r::world_size]; no process group is needed.
@@ -57,8 +61,9 @@ Distributed: with `world_size` processes (e.g. `torchrun --nproc-per-node 4 -m p
 `select_device` picks `cuda:{LOCAL_RANK}`.
 
 Modules: `inputs` (which files, their names, reading and checking images), `outputs` (the
-output layout and writers), `blocks` (objects of streamed images, in overlapping blocks),
-`summary` (failures and the run summary), `run` (`predict_files`).
+output layout and writers), `bands` (row bands written once, in order), `ome_zarr` (the NGFF
+layout), `blocks` (objects of streamed images, in overlapping blocks), `summary` (failures and
+the run summary), `run` (`predict_files`).
 """
 
 from pixelwise.inference.blocks import BLOCK_OVERLAP, BlockObjects, objects_in_blocks

@@ -1,10 +1,11 @@
 """The inputs of `predict_files`: which files, their output names, and reading each image.
 
-Owns expanding files and folders (`expand_inputs`), the unique output names (`output_names`),
-pages of multi-page TIFFs, opening an image (memory-mapped when the TIFF allows), the checks of
-an image against the model (empty, shape, channels), and `NormalizedImage`, the lazily
-normalised view that streamed prediction reads tile by tile. Writing is in
-`pixelwise.inference.outputs`.
+Owns expanding files and folders (`expand_inputs`; an OME-Zarr folder is one image), the unique
+output names (`output_names`), the images of a stack (`pages`), opening an image
+(`open_image`: region by region through `pixelwise.data.lazy`, with its pyramid level and
+channel), the checks of an image against the model (empty, shape, channels), and
+`NormalizedImage`, the lazily normalised view that streamed prediction reads tile by tile.
+Writing is in `pixelwise.inference.outputs`.
 """
 
 from __future__ import annotations
@@ -15,25 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
-from pixelwise.data import (
-    IMAGE_SUFFIXES,
-    TIFF_SUFFIXES,
-    DataError,
-    page_count,
-    read_image,
-    to_chw_float,
-)
+from pixelwise.checks import is_int
+from pixelwise.data import IMAGE_SUFFIXES, DataError, read_image, to_chw_float
+from pixelwise.data.lazy import LazyImage, describe, is_ome_zarr, open_lazy
 from pixelwise.inference.summary import Failure
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    """PNG/TIFF/JPEG files directly inside `folder` (not recursive, no hidden files), by name."""
+    """PNG/TIFF/JPEG files and OME-Zarr images directly inside `folder` (not recursive, no
+    hidden entries), by name."""
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        if not p.name.startswith(".")
+        and ((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or is_ome_zarr(p))
     )
 
 
@@ -50,7 +47,9 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
     seen: set[Path] = set()
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_ome_zarr(path):
+            found = [path]
+        elif path.is_dir():
             found = _folder_images(path)
             if not found:
                 failures.append(
@@ -74,15 +73,16 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
 
 
 def output_names(files: Sequence[Path]) -> list[str]:
-    """Output base name of each file: its stem; stems that repeat get their suffix appended,
-    then their folder's name prepended, then a counter, until every name is unique.
+    """Output base name of each file: its stem (without ".ome": x.ome.tif and x.ome.zarr give
+    x); stems that repeat get their suffix appended, then their folder's name prepended, then a
+    counter, until every name is unique.
 
     Worked example: [x/a.png, x/a.tif, x/b.png, y/b.png] → [a_png, a_tif, x_b_png, y_b_png].
     """
     candidates = [
-        lambda p: p.stem,
-        lambda p: f"{p.stem}_{p.suffix.lstrip('.').lower()}",
-        lambda p: f"{p.parent.name}_{p.stem}_{p.suffix.lstrip('.').lower()}",
+        lambda p: _stem(p),
+        lambda p: f"{_stem(p)}_{p.suffix.lstrip('.').lower()}",
+        lambda p: f"{p.parent.name}_{_stem(p)}_{p.suffix.lstrip('.').lower()}",
     ]
     names = [candidates[0](p) for p in files]
     for make in candidates[1:]:
@@ -98,11 +98,19 @@ def output_names(files: Sequence[Path]) -> list[str]:
     return unique
 
 
+def _stem(path: Path) -> str:
+    stem = path.stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
+
+
 def pages(path: Path) -> list[int | None]:
-    """[None] for a single image, [0, 1, ...] for a multi-page TIFF."""
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        return [None]
-    n = page_count(path)
+    """[None] for a single image, [0, 1, ...] for the images of a stack (the pages of a
+    multi-page TIFF; the Z / T planes of an OME-TIFF or OME-Zarr; not its channels or levels).
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    n = describe(path).images
     return [None] if n == 1 else list(range(n))
 
 
@@ -111,19 +119,36 @@ def where(path: Path, page: int | None) -> str:
     return str(path) if page is None else f"{path} [page {page}]"
 
 
-def open_image(path: Path, page: int | None) -> np.ndarray:
-    """(H, W) or (H, W, C) pixels: a read-only memory map for uncompressed TIFF pages, else
-    the decoded array (`pixelwise.data.read_image`)."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        try:
-            with tifffile.TiffFile(path) as tif:
-                keyframe = tif.pages[page or 0]
-                separate = keyframe.samplesperpixel > 1 and keyframe.planarconfig == 2
-            image = tifffile.memmap(path, page=page or 0, mode="r")
-            return np.moveaxis(image, 0, -1) if separate else image
-        except (ValueError, OSError, IndexError, KeyError):
-            pass  # compressed, tiled or corrupt: decode (read_image reports corrupt files)
-    return read_image(path, page=page)
+def open_image(
+    path: Path, page: int | None, *, channel: int | None = None, level: int = 0
+) -> LazyImage | np.ndarray:
+    """(H, W) or (H, W, C) pixels read region by region (`pixelwise.data.lazy.open_lazy`): a
+    memory map of uncompressed TIFF data, the zarr store of compressed or tiled TIFFs and
+    OME-Zarr, decoded pixels for PNG / JPEG; `channel` keeps one channel, `level` picks a
+    pyramid level.
+
+    Raises:
+        DataError: unreadable file, or a channel or level the file lacks (naming the flag).
+    """
+    image = open_lazy(path, page=page, channel=channel, level=level, where=where(path, page))
+    if image.size == 0:  # nothing to read lazily: the decoder's array, as check_image words it
+        return read_image(path, page=page)
+    return image
+
+
+def check_selection(*, channel: int | None, level: int) -> None:
+    """ValueError unless `channel` is None or an integer >= 0 and `level` an integer >= 0 (the
+    file-free part of the rule; each file's range is checked when it is opened)."""
+    rules = (
+        ("channel", channel, True, "--channel 0 for the first channel, or leave it out"),
+        ("level", level, False, "--level 0 for the full resolution"),
+    )
+    for flag, value, none, fix in rules:
+        if (value is None and none) or (is_int(value) and value >= 0):
+            continue
+        raise ValueError(
+            f"--{flag} must be an integer >= 0 ({flag}= in Python), got {value!r}; pass {fix}"
+        )
 
 
 def _channel_problem(channels: int, expected: int) -> str | None:

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,15 @@ from torch import nn
 from pixelwise import tiling
 from pixelwise.checkpoint import load_state
 from pixelwise.checks import check_choice, check_output_folder, check_positive_int
-from pixelwise.data import DataError, as_palette, voc_palette
+from pixelwise.data import DataError
+from pixelwise.data.lazy import PixelSize
+from pixelwise.data.palette import checkpoint_palette
 from pixelwise.distributed import check_rank, select_device
 from pixelwise.inference.blocks import BLOCK_OVERLAP
 from pixelwise.inference.inputs import (
     NormalizedImage,
     check_image,
+    check_selection,
     expand_inputs,
     open_image,
     output_names,
@@ -44,7 +47,7 @@ from pixelwise.segmenter import Segmenter
 from pixelwise.tiling import PredictOptions
 
 STREAM_PIXELS = 4096 * 4096
-"""Images with more pixels than this are streamed (memory-mapped input and outputs)."""
+"""Images with more pixels than this are streamed (read and written region by region)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class _Run:
     in_channels: int
     stream_pixels: int
     outputs: Outputs
+    channel: int | None = None
+    level: int = 0
 
 
 def predict_files(
@@ -68,7 +73,10 @@ def predict_files(
     objects: bool = False,
     instances: bool = False,
     postprocessing: PostProcessing | None = None,
+    precision: str = "auto",
     output_format: str = "png",
+    channel: int | None = None,
+    level: int = 0,
     rank: int = 0,
     world_size: int = 1,
     stream_pixels: int = STREAM_PIXELS,
@@ -96,7 +104,15 @@ def predict_files(
             uint32 above 65,535 objects; 0 = background), with their tables as `objects`.
         postprocessing: replaces the checkpoint's post-processing record
             (`postprocessing_from_metadata`), e.g. with thresholds from the command line.
-        output_format: "png" (palette PNG class maps) or "tif" (grayscale TIFF class ids).
+        precision: "auto" (bf16 autocast where the device computes it natively, else fp32),
+            "fp32", "bf16" or "fp16", as `pixelwise.Segmenter` (whose `precision` says what
+            was chosen and why).
+        output_format: "png" (palette PNG class maps), "tif" (grayscale TIFF class ids) or
+            "ome-zarr" (NGFF label images, `pixelwise.inference.ome_zarr`).
+        channel: predict only this channel of multi-channel images (`--channel`); None
+            gives the model every channel.
+        level: the pyramid level of pyramidal TIFFs and OME-Zarr images (`--level`), 0 = full
+            resolution.
         rank, world_size: this process takes files[rank::world_size].
         stream_pixels: images with more pixels are streamed (see `pixelwise.inference`); their
             objects are made in blocks of √stream_pixels (at least block_overlap) pixels a
@@ -123,6 +139,7 @@ def predict_files(
     check_choice("output_format", output_format, OUTPUT_FORMATS)
     check_positive_int("stream_pixels", stream_pixels)
     check_positive_int("block_overlap", block_overlap)
+    check_selection(channel=channel, level=level)
     out = check_output_folder(out_dir, "out_dir")
     if options is None:
         overrides.setdefault("progress", True)
@@ -131,7 +148,10 @@ def predict_files(
         model, meta = checkpoint, {}
     else:
         model, meta, _ = load_state(checkpoint)
-    segmenter = Segmenter(model, meta=meta, options=options, postprocessing=postprocessing)
+    model.to(select_device(options.device))  # where it runs: the precision depends on it
+    segmenter = Segmenter(
+        model, meta=meta, options=options, postprocessing=postprocessing, precision=precision
+    )
     if instances and not segmenter.is_instance_model:
         raise ValueError(_not_instance_model(checkpoint))
     files, missing = expand_inputs(inputs)
@@ -153,7 +173,9 @@ def predict_files(
         block_size=block_size,
         block_overlap=block_overlap,
     )
-    run = _start_run(segmenter, out, stream_pixels, log_to, selected)
+    run = replace(
+        _start_run(segmenter, out, stream_pixels, log_to, selected), channel=channel, level=level
+    )
     mine = list(zip(files, names, strict=True))[rank::world_size]
     for number, (path, name) in enumerate(mine, 1):
         _predict_file(run, path, name, f"[{number}/{len(mine)}]", log_to)
@@ -184,7 +206,7 @@ def _start_run(
     model, meta = segmenter.model, segmenter.meta
     config = getattr(model, "hparams", {})
     num_classes = config["num_classes"]
-    palette, palette_note = _resolve_palette(meta, num_classes)
+    palette, palette_note = checkpoint_palette(meta, num_classes)
     if palette_note:
         log.note(palette_note)
     names = meta.get("class_names")
@@ -204,30 +226,11 @@ def _start_run(
     )
 
 
-def _resolve_palette(meta: dict, num_classes: int) -> tuple[np.ndarray, str | None]:
-    """(colours, note): the checkpoint's palette completed by the VOC map, at least 2 rows.
-
-    A palette that is not (n, 3) RGB is ignored with a note; a short one is extended.
-    """
-    n = min(max(num_classes, 2), 256)
-    colours = voc_palette(n)
-    recorded = meta.get("palette")
-    if recorded is None:
-        return colours, None
-    try:
-        given = as_palette(recorded)
-    except (ValueError, TypeError) as e:
-        return colours, f"checkpoint palette ignored ({e}); using the PASCAL VOC colours"
-    rows = min(len(given), n)
-    colours[:rows] = given[:rows]
-    return colours, None
-
-
 def _check_not_inputs(files: Sequence[Path], out_dir: Path, names: Sequence[str]) -> None:
     """Refuse an out_dir where a class map would replace one of the inputs."""
     inputs = {f.resolve() for f in files}
     for name in names:
-        for suffix in OUTPUT_FORMATS:
+        for suffix in ("png", "tif", "ome.zarr"):
             target = (out_dir / f"{name}.{suffix}").resolve()
             if target in inputs:
                 raise ValueError(
@@ -269,10 +272,12 @@ def _predict_file(run: _Run, path: Path, name: str, counter: str, log: RunLog) -
 def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunLog) -> list[Path]:
     """Read, check and predict one image (one page); return the files written."""
     here = where(path, page)
-    image = open_image(path, page)
+    image = open_image(path, page, channel=run.channel, level=run.level)
     check_image(image, here, run.in_channels)
     if image.shape[0] * image.shape[1] <= run.stream_pixels:
-        return _predict_in_memory(run, np.asarray(image), here, name, path.name, page)
+        return _predict_in_memory(
+            run, np.asarray(image), here, name, path.name, page, pixel_size=image.pixel_size
+        )
     outputs = run.outputs
     wanted = (
         ("overlay", outputs.overlay),
@@ -289,14 +294,23 @@ def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunL
 
 
 def _predict_in_memory(
-    run: _Run, image: np.ndarray, here: str, name: str, file_name: str, page: int | None
+    run: _Run,
+    image: np.ndarray,
+    here: str,
+    name: str,
+    file_name: str,
+    page: int | None,
+    *,
+    pixel_size: PixelSize | None = None,
 ) -> list[Path]:
     """Predict an image held in memory and write every requested output."""
     outputs, segmenter = run.outputs, run.segmenter
     if not outputs.wants_probs:
         x = segmenter.to_input(image, source=here)  # (C, H, W)
         labels = tiling.predict(segmenter.model, x, options=segmenter.options, output="labels")
-        return outputs.write(name, image, labels, None, file_name=file_name, page=page)
+        return outputs.write(
+            name, image, labels, None, file_name=file_name, page=page, pixel_size=pixel_size
+        )
     result = segmenter.predict(image, source=here)
     return outputs.write(
         name,
@@ -307,14 +321,15 @@ def _predict_in_memory(
         page=page,
         objects=result.instances,
         scores=result.scores,
+        pixel_size=pixel_size,
     )
 
 
 def _predict_streamed(
     run: _Run, image: Any, here: str, name: str, file_name: str, page: int | None, log: RunLog
 ) -> list[Path]:
-    """Predict a large image tile by tile into memory-mapped TIFFs (class map, probabilities,
-    and an instance model's objects)."""
+    """Predict a large image tile by tile, read region by region, into chunked outputs (class
+    map, probabilities, and an instance model's objects; `Outputs.write_streamed`)."""
     segmenter = run.segmenter
     view = NormalizedImage(image, segmenter.normalization, here)
     view[:, :1, :1]  # checks dtype and normalisation on one pixel before any work
@@ -337,4 +352,5 @@ def _predict_streamed(
         file_name=file_name,
         page=page,
         note=lambda line: log.note(f"{here}: {line}"),
+        pixel_size=getattr(image, "pixel_size", None),
     )

@@ -20,12 +20,13 @@ arithmetic. The package, in the order data flows through it:
 * `plan`: mirror index maps (`source_index`) and tile plans (`plan_axis`, `plan_tiles`), pure;
 * `memory`: the activation-memory estimate and the automatic tile size (`choose_tile_size`);
 * `options`: `PredictOptions`, the one options object, validated once;
-* `engine`: `predict`, which reads, runs and stitches the tiles.
+* `engine`: `predict`, which reads, runs and stitches the tiles (`iter_predict`: the same as a
+  generator of `Progress`, for progress bars and cancellation).
 
 It does not read or write files: `pixelwise.inference` does, on top of `predict`.
 """
 
-from pixelwise.tiling.engine import OUTPUTS, predict
+from pixelwise.tiling.engine import OUTPUTS, Progress, iter_predict, predict
 from pixelwise.tiling.memory import (
     DEFAULT_MEMORY_BUDGET_MB,
     activation_bytes_per_pixel,
@@ -49,10 +50,12 @@ __all__ = [
     "PAD_MODES",
     "TTA_MODES",
     "PredictOptions",
+    "Progress",
     "Tile",
     "activation_bytes_per_pixel",
     "choose_tile_size",
     "default_halo",
+    "iter_predict",
     "plan_axis",
     "plan_tiles",
     "predict",

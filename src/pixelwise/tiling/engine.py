@@ -1,5 +1,9 @@
 """The overlap-tile engine: `predict` reads tiles, runs the model on them and stitches the result.
 
+`iter_predict` is the same computation as a generator that yields a `Progress` after every tile
+batch (for progress bars and cancellation: a consumer that stops advancing it, or closes it,
+stops the work before the next batch); `predict` runs it to its end.
+
 It owns the per-call work: reading each tile's input from the region of the image it needs
 (mirror-extended through `source_index`), test-time augmentation, running the model in eval mode
 on its device and memory format, and writing each tile's cropped output into the result or a
@@ -11,8 +15,9 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,6 +89,60 @@ def predict(
         ValueError: bad arguments; the message states the rule, the value received and the fix.
         TypeError: an unknown option name, or a model without the geometry API.
     """
+    steps = iter_predict(model, image, options, output=output, out=out, **overrides)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an overlap-tile prediction stands after a batch of tiles.
+
+    Attributes:
+        tiles: tiles written so far, of `total_tiles`.
+        pixels: image pixels written so far, of `total_pixels` = H × W (the tiles' output
+            windows partition the image, so `pixels` reaches it exactly with the last tile).
+    """
+
+    tiles: int
+    total_tiles: int
+    pixels: int
+    total_pixels: int
+
+    @property
+    def fraction(self) -> float:
+        """pixels / total_pixels, in [0, 1]."""
+        return self.pixels / self.total_pixels
+
+
+def iter_predict(
+    model: nn.Module,
+    image: Any,
+    options: PredictOptions | None = None,
+    *,
+    output: str = "probs",
+    out: Any = None,
+    **overrides: Any,
+) -> Generator[Progress, None, np.ndarray]:
+    """`predict` as a generator: yields a `Progress` after every tile batch, returns the result.
+
+    The arguments, result and errors are `predict`'s (errors are raised at the first `next`).
+    The model's mode, device and memory format are restored when the generator finishes or is
+    closed; a consumer that stops early (``close()``, or dropping it) stops the work before the
+    next batch.
+
+    Example:
+        steps = iter_predict(model, x, tile_size=572)
+        while True:
+            try:
+                progress = next(steps)  # e.g. show progress.fraction; break to cancel
+            except StopIteration as done:
+                probabilities = done.value  # (K, H, W)
+                break
+    """
     options = PredictOptions.build(options, **overrides)
     check_choice("output", output, OUTPUTS)
     if options.tta is not None and output == "logits":
@@ -106,7 +165,7 @@ def predict(
     tiles, batch_size = _plan(model, (height, width), channels, options)
     with _inference_setup(model, options.device, options.channels_last) as (device, last):
         runner = _TileRunner(model, source, options, output, device, channels_last=last)
-        return runner.run(tiles, batch_size, out, (height, width))
+        return (yield from runner.run(tiles, batch_size, out, (height, width)))
 
 
 def _plan(
@@ -154,11 +213,15 @@ class _TileRunner:
         dtype = AUTOCAST_DTYPES.get(options.autocast)  # None: float32
         self.amp = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
-    def run(self, tiles: list[Tile], batch_size: int, out: Any, shape: tuple[int, int]) -> Any:
-        """Predict every tile, in batches, into `out` (allocated from the first batch if None)."""
+    def run(
+        self, tiles: list[Tile], batch_size: int, out: Any, shape: tuple[int, int]
+    ) -> Generator[Progress, None, Any]:
+        """Predict every tile, in batches, into `out` (allocated from the first batch if None),
+        yielding the progress after each batch."""
         margin = self.model.margin
         expected = (tiles[0].height - 2 * margin, tiles[0].width - 2 * margin)
         sink = out
+        pixels = 0
         show = self.options.progress and sys.stderr.isatty()
         with tqdm(total=len(tiles), unit="tile", disable=not show) as bar:
             for start in range(0, len(tiles), batch_size):
@@ -170,6 +233,8 @@ class _TileRunner:
                     _check_classes(out, self.output, scores.shape[1])
                 _write(sink, batch, scores, self.output)
                 bar.update(len(batch))
+                pixels += sum(t.output_pixels for t in batch)
+                yield Progress(start + len(batch), len(tiles), pixels, shape[0] * shape[1])
         return sink
 
     def _scores(
@@ -342,7 +407,7 @@ def _warn_if_raw(source: Any) -> None:
             f"checkpoint's normalisation, or pass pixelwise.data.to_chw_float(image, "
             f"normalization=meta['normalization'])",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # _warn_if_raw < iter_predict < predict < the caller
         )
 
 

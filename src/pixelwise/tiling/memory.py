@@ -1,13 +1,15 @@
 """Automatic tile size: the activation-memory estimate and the tile size that fits a budget.
 
 `predict` chooses the tile size and batch size here when they are not given: the estimate
-(`activation_bytes_per_pixel`) comes from a shape-only forward pass on the meta device; the
-choice (`choose_tile_size`) is the tiling that computes the fewest pixels within the budget.
+(`activation_bytes_per_pixel`) comes from shape-only forward passes (a batch of zero tiles, or on
+the meta device); the choice (`choose_tile_size`) is the tiling that computes the fewest pixels
+within the budget.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,15 +30,20 @@ def activation_bytes_per_pixel(
 
     The sum, over every Conv2d and ConvTranspose2d, of its output channels times its resolution
     relative to the input (1/4^level for U-Net), plus the input channels, times `element_size`.
-    Resolutions come from a shape-only forward pass on the meta device (no computation, no
-    memory) at two input sizes n1 < n2 that differ by a multiple of the stride: every layer's
-    height is then affine in the input size and the slope is its resolution, which also
-    discounts FCN's fixed 100-pixel padding. Counting every convolution output, although
-    inference frees most of them, over-estimates the live peak (measured ~1.4× for U-Net).
+    Resolutions come from shape-only forward passes at two input sizes n1 < n2 that differ by a
+    multiple of the stride: every layer's height is then affine in the input size and the slope
+    is its resolution, which also discounts FCN's fixed 100-pixel padding. Counting every
+    convolution output, although inference frees most of them, over-estimates the live peak
+    (measured ~1.4× for U-Net).
+
+    The passes run a batch of zero tiles, (0, C, n, n), through the model where it is: every
+    layer computes nothing and allocates nothing, yet reports the shape it would produce, in
+    milliseconds. A model that cannot take an empty batch is probed on the meta device instead
+    (`_meta_shapes`: the same shapes, slower, as the meta kernels first import torch's symbolic
+    shapes and dynamo, about a second). Both leave the parameters and buffers untouched.
 
     Args:
-        model: the network, with the geometry API (`pixelwise.models.Geometry`); its
-            parameters are not touched (replaced by meta tensors).
+        model: the network, with the geometry API (`pixelwise.models.Geometry`).
         in_channels: image channels.
         element_size: bytes per activation (4 for float32, 2 under bf16/fp16 autocast).
     """
@@ -46,11 +53,50 @@ def activation_bytes_per_pixel(
         for n in model.valid_input_sizes(n1 + 1, n1 + 64 * model.stride)
         if (n - n1) % model.stride == 0
     )
-    shapes: dict[int, list[tuple[int, int, int]]] = {n1: [], n2: []}
+    try:
+        shapes = _conv_shapes(model, in_channels, (n1, n2), _empty_batch_forward(model))
+    except Exception:  # a model that rejects an empty batch: the meta probe, or its error
+        shapes = _conv_shapes(model, in_channels, (n1, n2), _meta_forward(model))
+    channels = float(in_channels)
+    for (c, h1, w1), (_, h2, w2) in zip(shapes[n1], shapes[n2], strict=True):
+        channels += c * ((h2 - h1) / (n2 - n1)) * ((w2 - w1) / (n2 - n1))
+    return channels * element_size
+
+
+_Forward = Callable[[int, int], None]
+
+
+def _empty_batch_forward(model: nn.Module) -> _Forward:
+    """`run(channels, n)`: the model on a (0, channels, n, n) batch, on its device and dtype."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+
+    def run(channels: int, n: int) -> None:
+        model(torch.empty(0, channels, n, n, device=device, dtype=dtype))
+
+    return run
+
+
+def _meta_forward(model: nn.Module) -> _Forward:
+    """`run(channels, n)`: the model with meta copies of its parameters on a meta tile."""
     state = {
         name: torch.empty_like(t, device="meta")
         for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
     }
+
+    def run(channels: int, n: int) -> None:
+        functional_call(model, state, (torch.empty(1, channels, n, n, device="meta"),))
+
+    return run
+
+
+def _conv_shapes(
+    model: nn.Module, in_channels: int, sizes: tuple[int, int], forward: _Forward
+) -> dict[int, list[tuple[int, int, int]]]:
+    """Input size n → the (channels, height, width) output of every convolution, in call
+    order, for an n × n input run by `forward` in eval mode without gradients."""
+    shapes: dict[int, list[tuple[int, int, int]]] = {n: [] for n in sizes}
     current: list[tuple[int, int, int]] = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, y: current.append(tuple(y.shape[1:])))
@@ -61,17 +107,14 @@ def activation_bytes_per_pixel(
     try:
         model.eval()  # batch norm in training mode rejects the 1×1 maps of tiny probes
         with torch.no_grad():
-            for n in (n1, n2):
+            for n in sizes:
                 current = shapes[n]
-                functional_call(model, state, (torch.empty(1, in_channels, n, n, device="meta"),))
+                forward(in_channels, n)
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    channels = float(in_channels)
-    for (c, h1, w1), (_, h2, w2) in zip(shapes[n1], shapes[n2], strict=True):
-        channels += c * ((h2 - h1) / (n2 - n1)) * ((w2 - w1) / (n2 - n1))
-    return channels * element_size
+    return shapes
 
 
 def choose_tile_size(

@@ -94,6 +94,11 @@ class Tile:
     col_stop: int
 
     @property
+    def output_pixels(self) -> int:
+        """The number of image pixels this tile's output supplies."""
+        return (self.row_stop - self.row_start) * (self.col_stop - self.col_start)
+
+    @property
     def output_window(self) -> tuple[slice, slice]:
         """(rows, cols) of the image written by this tile."""
         return slice(self.row_start, self.row_stop), slice(self.col_start, self.col_stop)

@@ -18,13 +18,14 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pixelwise.checks import choice_message
 from pixelwise.data.targets import TARGET_CLASS_NAMES
 from pixelwise.instances.postprocess import TARGETS
 from pixelwise.models import REGISTRY
-from pixelwise.precision import AUTOCAST_DTYPES, training_channels_last
+from pixelwise.precision import PRECISIONS, training_channels_last
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "poly", "cosine", "plateau")
@@ -60,6 +61,9 @@ change them. A value given per target (a dict keyed by the TARGETS) follows the 
 "unet". `steps` is large so that the time budget `max_minutes` ends the run and shapes the
 schedule; with `steps` set and `max_minutes` not, the steps decide (no time budget)."""
 
+LEGACY_OPTIONS = ("amp",)
+"""Older option names `from_dict` and `TrainConfig(...)` still accept (`amp` → `precision`)."""
+
 AUTO_FIELDS = tuple(PLAIN_DEFAULTS)
 """The options that default to None ("not set") and are resolved when a `TrainConfig` is built."""
 
@@ -86,7 +90,10 @@ class TrainConfig:
       weights on, the others off) follows the resolved target;
     * `model_args` (model "unet"): the instance keys the given `model_args` lack are added;
     * `channels_last`, not given: the format that trains faster on the device
-      (`pixelwise.precision.training_channels_last`).
+      (`pixelwise.precision.training_channels_last`); `workers`, not given, `default_workers`;
+    * `precision` stays as given ("auto" by default): the run resolves it for the device it
+      runs on (`pixelwise.precision.resolve_precision`), so a run resumed on other hardware
+      chooses again; the older `amp` maps onto it.
 
     A built config holds only resolved values, so `to_yaml` (config.yaml) records what the run
     used and `from_yaml` of it gives an equal config (a resumed run is exact). Set `instances`
@@ -238,8 +245,27 @@ class TrainConfig:
     seed: int = field(
         default=0, metadata={"help": "seed of data order, augmentation and initialisation"}
     )
-    workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    amp: str | None = field(default=None, metadata={"help": "autocast dtype: bf16 or fp16"})
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "DataLoader worker processes (default: 0 on a CPU, where a training step "
+            "outweighs preparing its batch many times over and workers would take its cores; "
+            "on a GPU min(4, CPU cores - 1), so that augmentation keeps up with the GPU)"
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "numeric precision: auto (default: bf16 autocast on CPUs with native bf16, "
+            "AVX512_BF16 or AMX, and on CUDA GPUs that have it, fp16 with loss scaling on "
+            "other GPUs, fp32 on other CPUs, where bf16 is emulated and slow), fp32, bf16, "
+            "fp16; chosen again on resume, for the hardware then (the run's first line says "
+            "what and why); --amp and --autocast are older names"
+        },
+    )
+    amp: dataclasses.InitVar[str | None] = None
+    """The older name of `precision` (bf16 or fp16): mapped onto it when the config is built,
+    so config.yaml records `precision` alone."""
     channels_last: bool | None = field(
         default=None,
         metadata={
@@ -274,8 +300,16 @@ class TrainConfig:
         },
     )
 
-    def __post_init__(self) -> None:
-        """Fill in the options left unset (`resolve_defaults`)."""
+    def __post_init__(self, amp: str | None) -> None:
+        """Map the old `amp` onto `precision`; fill in the options left unset
+        (`resolve_defaults`)."""
+        if amp is not None:
+            if self.precision not in ("auto", amp):
+                raise ValueError(
+                    f"amp {amp!r} (the older name of precision) and precision "
+                    f"{self.precision!r} disagree; give precision alone"
+                )
+            self.precision = amp
         resolve_defaults(self)
 
     def check(self) -> None:
@@ -299,7 +333,7 @@ class TrainConfig:
             (self.model in REGISTRY, choice_message("model", self.model, tuple(REGISTRY))),
             (self.optimizer in OPTIMIZERS, choice_message("optimizer", self.optimizer, OPTIMIZERS)),
             (self.schedule in SCHEDULES, choice_message("schedule", self.schedule, SCHEDULES)),
-            (self.amp in (None, *AUTOCAST_DTYPES), choice_message("amp", self.amp, (None, *AUTOCAST_DTYPES))),  # noqa: E501
+            (self.precision in PRECISIONS, choice_message("precision", self.precision, PRECISIONS)),
             (self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
@@ -341,11 +375,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        """Build from a dict (e.g. a YAML file); unknown keys raise, listing the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        """Build from a dict (e.g. a YAML file); unknown keys raise, listing the known ones.
+        The older key `amp` (config.yaml files of earlier runs) maps onto `precision`."""
+        known = {f.name for f in dataclasses.fields(cls)} | set(LEGACY_OPTIONS)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(known)}")
+            fields = sorted(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"{source}: unknown option(s) {unknown}; known: {fields}")
         return cls(**values)
 
     @classmethod
@@ -414,6 +450,18 @@ def resolve_defaults(cfg: TrainConfig) -> None:
         cfg.model_args = INSTANCE_DEFAULTS.get("model_args", {}) | cfg.model_args
     if cfg.channels_last is None:
         cfg.channels_last = training_channels_last(cfg.device)
+    if cfg.workers is None:
+        cfg.workers = default_workers(cfg.device)
+
+
+def default_workers(device: str | None) -> int:
+    """DataLoader workers for training on `device` (None: cuda when available): none on a CPU,
+    where the step takes seconds and its batch milliseconds (benchmarks/performance.py,
+    section 3), and workers would compete with the step for the cores; min(4, cores − 1) on a
+    GPU, whose step takes about as long as the main process needs to augment a batch."""
+    on_gpu = (device is None and torch.cuda.is_available()) or str(device).startswith("cuda")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cores or 1) - 1)) if on_gpu else 0
 
 
 def option_help() -> dict[str, str]:

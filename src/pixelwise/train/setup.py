@@ -6,8 +6,9 @@ or restored from the last checkpoint; rank 0 creates the output folder and write
 Resuming compares the options with those the last checkpoint records (`check_resume`): the
 model's (`FIXED_ON_RESUME`) must not change; the data's (`DATA_OPTIONS`) only when the caller
 allows new data; the run's control (`FREE_ON_RESUME`: steps, time budget, workers, device,
-logging, validation interval) may; any other change is logged, as the run is then no longer the
-same as one that never stopped.
+precision, memory format, logging, validation interval) may; any other change is logged, as the
+run is then no longer the same as one that never stopped. A resumed run resolves
+`--precision auto` again for the hardware it runs on.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pixelwise.data.targets import TARGET_CLASS_NAMES
 from pixelwise.distributed import DistributedContext
 from pixelwise.losses import SegmentationLoss
 from pixelwise.models import build, model_config
-from pixelwise.precision import AUTOCAST_DTYPES
+from pixelwise.precision import resolve_precision
 from pixelwise.train.config import TrainConfig
 from pixelwise.train.datasets import split_datasets
 from pixelwise.train.logs import open_tensorboard, read_log
@@ -60,7 +61,7 @@ FREE_ON_RESUME = (
     "max_minutes",
     "workers",
     "device",
-    "amp",
+    "precision",
     "channels_last",
     "val_every",
     "log_every",
@@ -105,7 +106,7 @@ def set_up(
     state = restore(last_path, model, optimizer) if resume else TrainState()
     if resume:
         log(f"resuming from {last_path} at step {state.step}")
-    autocast = AUTOCAST_DTYPES.get(cfg.amp or "")
+    precision = resolve_precision(cfg.precision, device)
     run = Run(
         cfg=cfg,
         context=context,
@@ -115,8 +116,8 @@ def set_up(
         optimizer=optimizer,
         loader=make_loader(cfg, train_ds, model, tile, context),
         loss_fn=SegmentationLoss(cfg.loss, ignore_index=cfg.ignore_index, reduction=cfg.reduction),
-        scaler=torch.amp.GradScaler(enabled=autocast is torch.float16 and device.type == "cuda"),
-        autocast=autocast,
+        scaler=torch.amp.GradScaler(enabled=precision.name == "fp16" and device.type == "cuda"),
+        autocast=precision.dtype,
         val_ds=val_ds,
         meta=_checkpoint_meta(cfg, train_ds),
     )
@@ -131,7 +132,8 @@ def set_up(
             f"training {cfg.model} ({sum(p.numel() for p in model.parameters()):,} parameters) "
             f"on {len(train_ds)} images ({len(val_ds) if val_ds else 0} for validation), tiles "
             f"{tile}→{label} px, {cfg.steps} steps{budget} of batch {cfg.batch_size}×"
-            f"{context.world_size}{target}, device {device}"
+            f"{context.world_size}{target}, device {device}, {precision.describe()}"
+            f"{', channels_last' if cfg.channels_last else ''}"
         )
     return run, state
 
