@@ -431,13 +431,23 @@ def results_table(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def run_data_set(
-    data: DataSet, out: Path, settings: Settings, *, minutes: float, seed: int, cellpose: bool
+    data: DataSet,
+    out: Path,
+    settings: Settings,
+    *,
+    minutes: float,
+    seed: int,
+    cellpose: bool,
+    targets: Sequence[str] = TARGETS,
 ) -> dict[str, Any]:
-    """Train and score every method on one prepared data set."""
+    """Train and score every method (the pixelwise `targets`, then cellpose) on one prepared
+    data set."""
     test = data.pairs("test")
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     training: dict[str, dict[str, Any]] = {}
     for method in METHODS:
+        if method != CELLPOSE and method not in targets:
+            continue
         if method == CELLPOSE:
             if not cellpose:
                 continue
@@ -493,6 +503,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[DSB, CTC],
         help="which data sets to run (default: both)",
     )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        choices=TARGETS,
+        default=list(TARGETS),
+        help="which pixelwise targets to train (default: all; cellpose follows them)",
+    )
     args = parse_args(parser, argv)
     run = Run("nuclei_instances", argv)
     settings = QUICK if args.quick else FULL
@@ -519,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             minutes=args.minutes,
             seed=args.seed,
             cellpose=cellpose,
+            targets=args.targets,
         )
     notes = [] if cellpose else ["cellpose is not installed (the `bench` extra): no cellpose rows"]
     header = run.header(

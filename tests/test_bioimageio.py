@@ -31,7 +31,7 @@ from pixelwise.bioimageio import (
 )
 from pixelwise.bioimageio.package import RDF_NAME
 from pixelwise.cli import main
-from pixelwise.data import read_stack, to_chw_float
+from pixelwise.data import PERCENTILE_NORMALIZATION, read_stack, to_chw_float
 from pixelwise.models import UNet, build
 from pixelwise.tiling.plan import default_halo
 
@@ -42,7 +42,8 @@ FCN_NORM = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "scale": 1 / 255}
 
 @pytest.fixture(scope="session")
 def packages(instance_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """name → (checkpoint, package path) for "unet", "deep" (zips), "fcn", "same" (folders)."""
+    """name → (checkpoint, package path) for "unet", "deep" (zips), "fcn", "same" and "pct"
+    (a percentile-normalised three-class U-Net) (folders)."""
     root = tmp_path_factory.mktemp("bioimageio")
     fcn_ckpt = root / "fcn.safetensors"
     pixelwise.save(random_fcn(), fcn_ckpt, normalization=FCN_NORM, class_names=["bg", "a", "b c"])
@@ -52,15 +53,25 @@ def packages(instance_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
     torch.manual_seed(2)
     deep_ckpt = root / "deep.safetensors"
     pixelwise.save(UNet(1, 2, base_channels=2, depth=5), deep_ckpt)
+    torch.manual_seed(4)
+    pct_ckpt = root / "pct.safetensors"
+    pixelwise.save(
+        UNet(1, 3, base_channels=4, depth=3, padding="same"),
+        pct_ckpt,
+        normalization=PERCENTILE_NORMALIZATION,
+        target="three-class",
+    )
     out = {
         "unet": (instance_checkpoint, root / "unet.zip"),
         "deep": (deep_ckpt, root / "deep.zip"),
         "fcn": (fcn_ckpt, root / "fcn"),
         "same": (same_ckpt, root / "same"),
+        "pct": (pct_ckpt, root / "pct"),
     }
     info = PackageInfo(authors=("Ada Lovelace <ada@example.org>",))
     for name, (checkpoint, path) in out.items():  # ONNX (slow to export) in two of them
         weights = None if name in ("unet", "fcn") else ["pytorch_state_dict", "torchscript"]
+        weights = ["pytorch_state_dict"] if name == "pct" else weights
         export_bioimageio(checkpoint, path, info=info, weights=weights)
     return out
 
@@ -193,7 +204,22 @@ def test_fcn_preprocessing_is_the_checkpoint_normalisation(packages: dict, tmp_p
     assert rdf["outputs"][0]["axes"][2]["halo"] == 128
 
 
-@pytest.mark.parametrize("name", ["unet", "fcn"])
+def test_percentile_record_is_one_scale_range_step(packages: dict, tmp_path: Path) -> None:
+    """A per-image percentile record becomes the spec's scale_range per sample and channel; its
+    test output is pixelwise's prediction (checked with `predict` below and by core)."""
+    _, package = packages["pct"]
+    rdf = yaml.safe_load((package / RDF_NAME).read_text())
+    inp = rdf["inputs"][0]
+    assert inp["data"] == {"type": "float32"}
+    (step,) = [p for p in inp["preprocessing"] if p["id"] == "scale_range"]
+    assert step["kwargs"] == {"axes": ["y", "x"], "min_percentile": 1.0,
+                              "max_percentile": 99.8, "eps": 1e-6}  # fmt: skip
+    assert not [p for p in inp["preprocessing"] if p["id"] == "scale_linear"]
+    assert rdf["config"]["pixelwise"]["normalization"] == PERCENTILE_NORMALIZATION
+    assert "invert such images" in (package / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["unet", "fcn", "pct"])
 def test_test_output_equals_pixelwise_predict(name: str, packages: dict, tmp_path: Path) -> None:
     """The package's test output = `pixelwise predict --probs` of its test input."""
     checkpoint, package = packages[name]
@@ -202,7 +228,8 @@ def test_test_output_equals_pixelwise_predict(name: str, packages: dict, tmp_pat
     expected = np.load(folder / "test_output.npy")  # (1, K, H, W)
     image = raw[0, 0] if raw.shape[1] == 1 else np.moveaxis(raw[0], 0, -1)
     (tmp_path / "in").mkdir()
-    pixelwise.data.write_image(tmp_path / "in" / "test.png", image)
+    file = "test.tif" if image.dtype.kind == "f" else "test.png"  # float32 input: a TIFF
+    pixelwise.data.write_image(tmp_path / "in" / file, image)
     assert main(["predict", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
                  "--probs", "--precision", "fp32", "--no-progress"]) == 0  # fmt: skip
     probs = read_stack(tmp_path / "o" / "probs" / "test.tif")  # (K, H, W)
@@ -277,7 +304,7 @@ def test_zip_and_folder_hold_the_same_files(packages: dict, tmp_path: Path) -> N
 # -- bioimageio.core -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["unet", "deep", "fcn", "same"])
+@pytest.mark.parametrize("name", ["unet", "deep", "fcn", "same", "pct"])
 def test_core_model_test_passes(name: str, packages: dict) -> None:
     core = pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed")
     _, package = packages[name]

@@ -29,6 +29,7 @@ except ImportError as e:  # no Qt binding, or Qt cannot load its libraries
 import npe2  # noqa: E402
 from napari.components import ViewerModel  # noqa: E402
 
+import pixelwise  # noqa: E402
 from pixelwise.cli import main  # noqa: E402
 from pixelwise.data import read_image, write_image  # noqa: E402
 from pixelwise.napari.job import SegmentationJob  # noqa: E402
@@ -197,6 +198,18 @@ def test_job_equals_segmenter_and_stops_when_closed(instance_checkpoint, sample)
     job = SegmentationJob(segmenter, sample)
     job.cancel()  # before it starts
     assert _drain(job.steps()) == ([], None)
+
+
+def test_job_with_a_diameter_equals_the_segmenter(instance_checkpoint, sample):
+    """A Segmenter that resizes for a diameter: the job resizes as `predict` does."""
+    meta = {**pixelwise.read_metadata(instance_checkpoint), "object_diameter": 12.0}
+    model = pixelwise.load(instance_checkpoint)
+    segmenter = Segmenter(model, meta=meta, diameter=18.0, tile_size=TILE, device="cpu")
+    _, result = _drain(SegmentationJob(segmenter, sample).steps())
+    expected = segmenter.predict(sample)
+    assert result.probabilities.shape[1:] == np.shape(sample)[:2]
+    np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+    np.testing.assert_array_equal(result.instances, expected.instances)
 
 
 def test_sample_data_is_the_demo_image():

@@ -176,7 +176,7 @@ def test_amp_and_autocast_are_older_names_of_precision(tmp_path):
     assert TrainConfig(data="x", amp="fp16").precision == "fp16"
     assert TrainConfig.from_dict({"data": "x", "amp": None}).precision == "auto"  # old yaml
     assert "amp" not in TrainConfig(data="x", amp="bf16").to_yaml()
-    with pytest.raises(ValueError, match="amp 'bf16' .* and precision 'fp32' disagree"):
+    with pytest.raises(ValueError, match="precision fp32 and amp bf16 disagree; give precision"):
         TrainConfig(data="x", amp="bf16", precision="fp32")
     with pytest.raises(ValueError, match="precision must be one of 'auto', 'fp32', 'bf16'"):
         TrainConfig(data="x", precision="half").check()
@@ -247,7 +247,7 @@ def test_segmenter_takes_autocast_as_an_explicit_precision(tiny_unet, monkeypatc
     assert pixelwise.Segmenter(model).precision.name == "fp32"
     with pytest.warns(InputWarning, match="emulated and slow"):
         assert pixelwise.Segmenter(model, autocast="bf16").precision.name == "bf16"
-    with pytest.raises(ValueError, match="precision 'fp32' and autocast 'bf16' disagree"):
+    with pytest.raises(ValueError, match="precision fp32 and autocast bf16 disagree"):
         pixelwise.Segmenter(model, autocast="bf16", precision="fp32")
 
 
@@ -266,7 +266,7 @@ def test_predict_command_says_what_precision_it_chose(instance_checkpoint, tmp_p
     assert main([*argv, "--out", str(tmp_path / "x"), "--precision", "fp32", "--amp", "bf16"]) == 2
     assert capsys.readouterr().err == (
         "error: --precision fp32 and --autocast bf16 disagree; give --precision alone "
-        "(--autocast and --amp are its older spellings)\n"
+        "(--autocast is its older spelling)\n"
     )
 
 
@@ -279,3 +279,28 @@ def test_workers_default_to_none_on_a_cpu_and_some_on_a_gpu(monkeypatch):
     assert default_workers("cuda") == 1
     assert TrainConfig(data="x", device="cpu").workers == 0
     assert TrainConfig(data="x", device="cuda", workers=3).workers == 3
+
+
+def test_evaluate_takes_the_precision_and_says_what_it_chose(
+    tiny_unet, tmp_path, capsys, monkeypatch
+):
+    """evaluate resolves --precision as predict does: on a CPU without native bf16, auto is
+    fp32 and scores exactly as --precision fp32; bf16 asked for is used (emulated)."""
+    from conftest import write_disc_dataset
+    from pixelwise.evaluate import evaluate
+
+    data = write_disc_dataset(tmp_path / "discs", n=2, size=48)
+    checkpoint = tmp_path / "discs.safetensors"
+    pixelwise.save(tiny_unet(1, 2, padding="same"), checkpoint)
+    argv = ["evaluate", str(checkpoint), str(data), "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "auto")]) == 0
+    expected = resolve_precision("auto", "cpu")
+    assert capsys.readouterr().out.splitlines()[0] == f"evaluating on cpu, {expected.describe()}"
+    _fake_cpu(monkeypatch, AVX2)
+    quiet = dict(device="cpu", log=lambda line: None)
+    auto = evaluate(checkpoint, data, tmp_path / "a", **quiet)
+    fp32 = evaluate(checkpoint, data, tmp_path / "f", precision="fp32", **quiet)
+    assert auto["per_image"] == fp32["per_image"]
+    with pytest.warns(InputWarning, match="emulated and slow"):
+        bf16 = evaluate(checkpoint, data, tmp_path / "b", precision="bf16", **quiet)
+    assert bf16["pixel_accuracy"] == pytest.approx(fp32["pixel_accuracy"], abs=0.05)

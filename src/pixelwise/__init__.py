@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pixelwise.checkpoint import load, read_metadata, save
     from pixelwise.models import FCN, UNet, build, convolutionalize
     from pixelwise.segmenter import Segmentation, Segmenter
+    from pixelwise.zoo import pretrained
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ _EXPORTS = {
     "build": "pixelwise.models",
     "convolutionalize": "pixelwise.models",
     "load": "pixelwise.checkpoint",
+    "pretrained": "pixelwise.zoo",
     "read_metadata": "pixelwise.checkpoint",
     "save": "pixelwise.checkpoint",
 }
@@ -38,6 +40,7 @@ __all__ = [
     "build",
     "convolutionalize",
     "load",
+    "pretrained",
     "read_metadata",
     "save",
 ]

@@ -82,13 +82,17 @@ def save(
 
 def resolve(path: str | os.PathLike) -> Path:
     """The checkpoint file `path` names: `path` itself, or for a folder its best.safetensors
-    (a training run's output folder), or the folder's only `.safetensors` file.
+    (a training run's output folder), or the folder's only `.safetensors` file; a shipped
+    model's name ("nuclei", `pixelwise.zoo.MODELS`) where no file or folder has that name is
+    the shipped file. Every command and loader takes checkpoints through here.
 
     Raises:
         CheckpointError: a folder with several checkpoints and no best.safetensors, a folder of
             run folders, or one with no checkpoint; the message lists what it holds.
     """
-    path = Path(path)
+    from pixelwise.zoo import shipped_or_path
+
+    path = Path(shipped_or_path(path))
     if not path.is_dir():
         return path
     if (path / BEST).is_file():

@@ -37,6 +37,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    """List the shipped models with their cards (`pixelwise.zoo`)."""
+    from pixelwise.zoo import MODELS, model_card, model_path
+
+    for name in MODELS:
+        card = model_card(name)
+        scores = card["validation_scores"]
+        print(f"{name}: {card['description']}")
+        print(f"  input            {card['input']}")
+        print(f"  object diameter  {card['object_diameter']:.1f} px (median of the training "
+              f"objects; --diameter rescales to it)")  # fmt: skip
+        print(f"  training data    {card['training_data']}")
+        print(f"  licence          {card['licence']}")
+        print(
+            f"  validation       accuracy@0.5 {scores['accuracy@0.5']:.3f}, "
+            f"F1@0.5 {scores['f1@0.5']:.3f}, accuracy@0.75 {scores['accuracy@0.75']:.3f}, "
+            f"DSB score {scores['dsb_score']:.3f} ({scores['n_gt']} objects, "
+            f"{len(card['validation_images'])} images)"
+        )
+        print(f"  training         {card.get('training_steps')} steps, "
+              f"{card.get('training_minutes')} min on {card.get('machine')}")  # fmt: skip
+        print(f"  recipe           {card['recipe']} (commit {card['commit']})")
+        print(f"  file             {model_path(name)}")
+    return 0
+
+
 def _parse_model_arg(text: str) -> tuple[str, object]:
     import yaml
 
@@ -237,6 +263,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             instances=args.instances,
             postprocessing=postprocessing,
             precision=precision,
+            diameter=args.diameter,
             output_format=args.format,
             channel=args.channel,
             level=args.level,
@@ -312,7 +339,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pixelwise.evaluate import ISBI, OBJECTS, PER_IMAGE, evaluate
 
     _check_out(args.out)
+    _check_device(args.device)
     postprocessing = _postprocessing_overrides(args)  # predict's flags, predict's rules
+    print(_precision_header(args.precision, args.device, verb="evaluating"))
     try:
         result = evaluate(
             args.checkpoint,
@@ -326,6 +355,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             postprocessing=postprocessing,
             tile_size=args.tile_size,
             device=args.device,
+            precision=args.precision,
         )
     except (DataError, ValueError) as e:
         raise UserError(str(e)) from None
@@ -387,11 +417,14 @@ def _add_postprocessing_flags(p: argparse.ArgumentParser) -> None:
         )
 
 
-_CHECKPOINT_HELP = "a .safetensors checkpoint, or a run folder (its best.safetensors)"
+_CHECKPOINT_HELP = (
+    "a .safetensors checkpoint, a run folder (its best.safetensors), or a shipped model's "
+    "name (nuclei; `pixelwise models` lists them)"
+)
 
 
 def _add_precision_option(p: argparse.ArgumentParser) -> None:
-    """--precision of predict (`pixelwise.precision.resolve_precision`)."""
+    """--precision of predict and evaluate (`pixelwise.precision.resolve_precision`)."""
     from pixelwise.precision import PRECISIONS
 
     p.add_argument(
@@ -404,33 +437,54 @@ def _add_precision_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _precision_header(precision: str, device: str | None) -> str:
-    """predict's first line: the device and the precision chosen there, and why. The choice is
-    `resolve_precision`'s, a pure function of the device and the CPU, so it is the one
-    `predict_files` makes (which also gives any warning about it)."""
+def _precision_header(precision: str, device: str | None, *, verb: str = "predicting") -> str:
+    """predict's and evaluate's first line: the device and the precision chosen there, and why.
+    The choice is `resolve_precision`'s, a pure function of the device and the CPU, so it is the
+    one `predict_files` makes (which also gives any warning about it)."""
     from pixelwise.distributed import select_device
     from pixelwise.precision import resolve_precision
 
     target = select_device(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return f"predicting on {target}, {resolve_precision(precision, target).describe()}"
+        return f"{verb} on {target}, {resolve_precision(precision, target).describe()}"
 
 
 def _precision_arg(args: argparse.Namespace) -> str:
     """--precision, or the precision the older --autocast/--amp names (they must agree)."""
-    if args.autocast is None or args.precision in ("auto", args.autocast):
-        return args.autocast or args.precision
-    raise UserError(
-        f"--precision {args.precision} and --autocast {args.autocast} disagree; give "
-        f"--precision alone (--autocast and --amp are its older spellings)"
-    )
+    from pixelwise.precision import merge_older_spelling
+
+    try:
+        return merge_older_spelling(
+            args.precision, args.autocast, names=("--precision", "--autocast")
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment images of any size with overlap-tile inference")
-    p.add_argument("checkpoint", help=_CHECKPOINT_HELP)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, TIFF stacks")
+    p = sub.add_parser(
+        "predict",
+        help="segment images of any size with overlap-tile inference",
+        usage="pixelwise predict (CHECKPOINT | --model NAME) INPUT [INPUT ...] --out OUT ...",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=_CHECKPOINT_HELP)
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, TIFF stacks")
+    p.add_argument(
+        "--model",
+        dest="shipped_model",
+        metavar="NAME",
+        help="a shipped model instead of a CHECKPOINT (nuclei: 2-D fluorescence nuclei; "
+        "`pixelwise models` lists them); every positional argument is then an INPUT",
+    )
+    p.add_argument(
+        "--diameter",
+        type=float,
+        metavar="PX",
+        help="typical object diameter in the images, in pixels: each image is resized so its "
+        "objects match the model's training size (models recording one, as the shipped ones; "
+        "default: as is)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     # Canonical spellings match train's (--batch-size, --patch-size); --tile, --batch,
     # --memory-budget and --amp are the older/other spellings, kept as aliases.
@@ -578,6 +632,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _add_postprocessing_flags(p)
     _add_tile_option(p)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    _add_precision_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -603,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("info", help="print the models' geometry and parameter counts")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser(
+        "models", help="list the shipped pretrained models: data, licence, validation scores"
+    )
+    p.set_defaults(func=_cmd_models)
     _add_demo_parser(sub)
     p = sub.add_parser("train", help="train a model on a labelled dataset")
     _add_train_options(p)
@@ -648,13 +707,31 @@ def _check_device(device: str | None) -> None:
 
 
 def _resolve_checkpoint_arg(args: argparse.Namespace) -> None:
-    """A CHECKPOINT (predict, evaluate, export) that is a run folder becomes its best checkpoint
-    (`pixelwise.checkpoint.resolve`); stderr says which file."""
+    """A CHECKPOINT (predict, evaluate, export) that is a run folder becomes its best checkpoint,
+    one that names a shipped model (and no file) its file (`pixelwise.checkpoint.resolve`);
+    with predict's `--model NAME`, the positional CHECKPOINT is the first INPUT. stderr says
+    which file."""
     from pixelwise.checkpoint import resolve
+    from pixelwise.zoo import model_path
 
+    shipped = getattr(args, "shipped_model", None)
+    if shipped is not None:
+        try:
+            path = model_path(shipped)
+        except ValueError as e:
+            raise UserError(f"--model {shipped}: {e}") from None
+        args.inputs = [args.checkpoint, *args.inputs]
+        args.checkpoint = str(path)
+        return
     given = getattr(args, "checkpoint", None)
+    if hasattr(args, "inputs") and not args.inputs:
+        raise UserError(
+            f"predict needs INPUT images after the checkpoint {given}: pixelwise predict "
+            f"CHECKPOINT INPUT [INPUT ...] --out OUT (or --model NAME INPUT ...)"
+        )
     if given is not None and (path := resolve(given)) != Path(given):
-        print(f"note: {given} is a folder: using {path}", file=sys.stderr)
+        kind = "a folder" if Path(given).is_dir() else "a shipped model"
+        print(f"note: {given} is {kind}: using {path}", file=sys.stderr)
         args.checkpoint = str(path)
 
 

@@ -72,6 +72,7 @@ from pixelwise.metrics import (
     pool_matches,
     segmentation_scores,
 )
+from pixelwise.precision import resolve_precision
 from pixelwise.report import (
     OUTCOME_COLOURS,
     confusion_matrix_png,
@@ -159,6 +160,7 @@ def evaluate(
     tile_size: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
+    precision: str = "auto",
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -179,6 +181,8 @@ def evaluate(
         tile_size, batch_size: passed to `predict`.
         device: where to predict (`pixelwise.distributed.select_device`: default cuda when
             available, else the CPU).
+        precision: "auto" (bf16 autocast where the device computes it natively, else fp32),
+            "fp32", "bf16" or "fp16" (`pixelwise.precision.resolve_precision`), as predict.
         progress: per-image tile progress bars.
         log: where one line per image goes.
 
@@ -210,7 +214,12 @@ def evaluate(
     )  # fmt: skip
     total = ConfusionMatrix(model.hparams["num_classes"], ignore_index=ignore_index)
     options = dict(
-        tta=tta, tile_size=tile_size, batch_size=batch_size, device=device, progress=progress
+        tta=tta,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        autocast=resolve_precision(precision, device).autocast,
     )
     rows: list[dict[str, Any]] = []
     matches: list[dict[str, Any]] = []

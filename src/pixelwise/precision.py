@@ -114,6 +114,32 @@ def native_fp16(flags: Iterable[str]) -> str | None:
     return next((name for flag, name in NATIVE_FP16_FLAGS.items() if flag in present), None)
 
 
+def merge_older_spelling(
+    precision: str, older: str | None, *, names: tuple[str, str] = ("precision", "autocast")
+) -> str:
+    """The precision asked for by `precision` and an older option that spells it (`amp` of a
+    training config, `autocast` of `PredictOptions` and of the command line): the older one
+    when given, which `precision` "auto" gives way to and any other precision must equal.
+
+    Args:
+        precision: the `precision` option ("auto" when not given).
+        older: the older option's value, or None when not given.
+        names: how the caller spells the two options in its message, e.g. ("--precision",
+            "--autocast").
+
+    Raises:
+        ValueError: the two disagree, e.g. "precision fp32 and autocast bf16 disagree; give
+            precision alone (autocast is its older spelling)".
+    """
+    if older is None or precision in ("auto", older):
+        return older or precision
+    new, old = names
+    raise ValueError(
+        f"{new} {precision} and {old} {older} disagree; give {new} alone ({old} is its older "
+        f"spelling)"
+    )
+
+
 def resolve_precision(
     precision: str,
     device: str | torch.device,

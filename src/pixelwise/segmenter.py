@@ -19,6 +19,7 @@ that are streamed by `predict_files`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ from pixelwise.instances import (
     objects_from_probabilities,
     postprocessing_from_metadata,
 )
-from pixelwise.precision import Precision, resolve_precision
+from pixelwise.precision import Precision, merge_older_spelling, resolve_precision
 from pixelwise.tiling import PredictOptions
 
 __all__ = ["Segmentation", "Segmenter"]
@@ -82,6 +83,11 @@ class Segmenter:
             parameters are) into `options.autocast`. An `autocast` given in `options` or the
             overrides is an explicit precision (the older way to ask for one). `precision`
             says what was chosen and why.
+        diameter: the typical object diameter in the images to predict, in pixels (as
+            Cellpose's): each image is resized by `scale` = the checkpoint's recorded
+            "object_diameter" / `diameter` before inference, so its objects come at the size
+            the model was trained on, and the probabilities are resized back; the
+            post-processing's sizes follow (`PostProcessing.rescaled(1 / scale)`). None: as is.
         **option_overrides: `PredictOptions` fields replacing those of `options` (tile_size,
             tta, device, ...).
 
@@ -89,7 +95,9 @@ class Segmenter:
         TypeError: an unknown option name, or a model without the geometry API.
         ValueError: an option the model cannot use (validated once, here), post-processing
             for another number of classes than the model's, a `precision` not in
-            `pixelwise.precision.PRECISIONS` or one that disagrees with `autocast`.
+            `pixelwise.precision.PRECISIONS` or one that disagrees with `autocast`, a
+            `diameter` that is not a number > 0 or for a checkpoint recording no
+            "object_diameter".
 
     Warns:
         InputWarning: bf16 or fp16 asked for on a CPU that emulates it (slow).
@@ -103,6 +111,7 @@ class Segmenter:
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
         precision: str = "auto",
+        diameter: float | None = None,
         **option_overrides: Any,
     ) -> None:
         self.model = model
@@ -116,7 +125,10 @@ class Segmenter:
                 f"postprocessing must be a PostProcessing or None, got "
                 f"{type(postprocessing).__name__}; build one with PostProcessing(target=...)"
             )
+        self.scale = _scale(diameter, self.meta)
         self.postprocessing = postprocessing or postprocessing_from_metadata(self.meta)
+        if self.postprocessing is not None and self.scale != 1.0:
+            self.postprocessing = self.postprocessing.rescaled(1.0 / self.scale)
         hparams = getattr(model, "hparams", {})
         self.num_classes: int | None = hparams.get("num_classes")
         self.in_channels: int | None = hparams.get("in_channels")
@@ -136,6 +148,7 @@ class Segmenter:
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
         precision: str = "auto",
+        diameter: float | None = None,
         **option_overrides: Any,
     ) -> Segmenter:
         """Load a `.safetensors` checkpoint (`pixelwise.checkpoint.load_state`) and keep its
@@ -144,7 +157,8 @@ class Segmenter:
 
         Args:
             path: the checkpoint, e.g. `runs/x/best.safetensors`.
-            options, postprocessing, precision, **option_overrides: as for `Segmenter(...)`.
+            options, postprocessing, precision, diameter, **option_overrides: as for
+                `Segmenter(...)`.
 
         Raises:
             CheckpointError: the file is missing or not a pixelwise checkpoint.
@@ -154,7 +168,12 @@ class Segmenter:
         options = PredictOptions.build(options, **option_overrides)
         model.to(select_device(options.device))
         return cls(
-            model, meta=meta, options=options, postprocessing=postprocessing, precision=precision
+            model,
+            meta=meta,
+            options=options,
+            postprocessing=postprocessing,
+            precision=precision,
+            diameter=diameter,
         )
 
     @property
@@ -185,9 +204,18 @@ class Segmenter:
             DataError: NaN values, or a dtype or channel count unlike the training images.
             ValueError: not an (H, W) or (H, W, C) image with the model's channel count.
         """
-        x = self.to_input(image, source=source)  # (C, H, W) float32
-        probs = tiling.predict(self.model, x, options=self.options, output="probs")  # (K, H, W)
-        return self.segmentation(probs)
+        x = self.network_input(image, source=source)  # (C, h, w) float32
+        probs = tiling.predict(self.model, x, options=self.options, output="probs")  # (K, h, w)
+        return self.segmentation(probs, shape=np.shape(image)[:2])
+
+    def network_input(self, image: np.ndarray, *, source: str | None = None) -> np.ndarray:
+        """`to_input`, resized by `scale` when a `diameter` was given: (C, h, w) float32 with
+        h = round(H · scale), w = round(W · scale) (objects at the training size)."""
+        x = self.to_input(image, source=source)  # (C, H, W)
+        if self.scale == 1.0:
+            return x
+        height, width = x.shape[1:]
+        return resize(x, (max(1, round(height * self.scale)), max(1, round(width * self.scale))))
 
     def to_input(self, image: np.ndarray, *, source: str | None = None) -> np.ndarray:
         """(H, W) or (H, W, C) raw pixels → the (C, H, W) float32 network input, normalised as
@@ -205,9 +233,15 @@ class Segmenter:
             )
         return to_chw_float(image, normalization=self.normalization, source=source)
 
-    def segmentation(self, probabilities: np.ndarray) -> Segmentation:
-        """The `Segmentation` of (K, H, W) probabilities: class map and, for instance models,
-        objects (`objects_from_probabilities` with `self.postprocessing`) and their scores."""
+    def segmentation(
+        self, probabilities: np.ndarray, *, shape: tuple[int, int] | None = None
+    ) -> Segmentation:
+        """The `Segmentation` of (K, h, w) probabilities: class map and, for instance models,
+        objects (`objects_from_probabilities` with `self.postprocessing`) and their scores.
+        `shape` (H, W), the image's, resizes probabilities of the `network_input`'s size back
+        first (bilinear: they still sum to 1); None: they are the image's size."""
+        if shape is not None:
+            probabilities = resize(probabilities, tuple(shape))  # (K, H, W)
         labels = probabilities.argmax(axis=0)  # (H, W)
         labels = labels.astype(np.uint8 if probabilities.shape[0] <= 256 else np.uint16)
         if self.postprocessing is None:
@@ -221,16 +255,52 @@ class Segmenter:
         return f"Segmenter({name}, {self.num_classes} classes, {kind}, {self.options})"
 
 
+def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) float32 → (C, h, w) by bilinear interpolation (antialiased when shrinking).
+
+    Each output value is a convex combination of input values, so probabilities still sum to 1.
+    """
+    import torch
+    from torch.nn import functional
+
+    if tuple(array.shape[1:]) == tuple(shape):
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]  # (1, C, H, W)
+    shrink = shape[0] < array.shape[1] or shape[1] < array.shape[2]
+    y = functional.interpolate(
+        x, size=shape, mode="bilinear", align_corners=False, antialias=shrink
+    )  # (1, C, h, w)
+    return y[0].numpy()
+
+
+def _scale(diameter: float | None, meta: dict[str, Any]) -> float:
+    """The resize factor for objects of `diameter` pixels: recorded diameter / `diameter`."""
+    if diameter is None:
+        return 1.0
+    if not (
+        isinstance(diameter, int | float)
+        and not isinstance(diameter, bool)
+        and math.isfinite(diameter)
+        and diameter > 0
+    ):
+        raise ValueError(
+            f"diameter must be the objects' typical diameter in pixels (a number > 0), got "
+            f"{diameter!r}"
+        )
+    recorded = meta.get("object_diameter")
+    if not (isinstance(recorded, int | float) and recorded > 0):
+        raise ValueError(
+            "diameter needs a checkpoint that records its training objects' diameter "
+            '("object_diameter" in its metadata, as the shipped models do); this one does '
+            "not: resize the images yourself, or leave diameter out"
+        )
+    return float(recorded) / float(diameter)
+
+
 def _resolve_precision(precision: str, options: PredictOptions, model: nn.Module) -> Precision:
     """`precision` resolved for the device the model runs on; an `options.autocast` is an
     explicit precision, which "auto" gives way to and any other precision must equal."""
-    if options.autocast is not None:
-        if precision not in ("auto", options.autocast):
-            raise ValueError(
-                f"precision {precision!r} and autocast {options.autocast!r} disagree; give "
-                f"precision alone (autocast is its older spelling)"
-            )
-        precision = options.autocast
+    precision = merge_older_spelling(precision, options.autocast)
     device = options.device
     if device is None:
         device = next((p.device for p in model.parameters()), "cpu")

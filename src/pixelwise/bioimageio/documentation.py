@@ -132,6 +132,19 @@ def _preprocessing(facts: PackageFacts) -> str:
             "The checkpoint records no normalisation: the network takes the input as it is "
             f"({facts.input_dtype})."
         )
+    elif norm.get("method") == "percentile":
+        how = (
+            f"pixelwise maps each channel of each image from its {norm.get('low', 1.0)}th and "
+            f"{norm.get('high', 99.8)}th percentiles onto 0 and 1; the package states this as "
+            "one `scale_range` step per sample and channel (axes y, x). "
+            + (
+                "pixelwise also inverts dark-on-bright images (their median above the middle "
+                "of that range); the spec has no such step, so invert such images before "
+                "giving them to the package."
+                if norm.get("invert", False)
+                else ""
+            )
+        )
     else:
         how = (
             f"pixelwise scales {facts.input_dtype} pixels by {norm.get('scale')} and "

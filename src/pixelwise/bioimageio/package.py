@@ -17,7 +17,9 @@ How pixelwise's records map onto the spec:
 * normalisation `{"mean", "std", "scale"}` ((x·scale − mean) / std per channel) is one
   `scale_linear` step with gain = scale / std and offset = −mean / std along the channel axis,
   exactly; the input's dtype is the one whose range `scale` maps onto [0, 1] (uint8 for 1/255).
-  `fixed_zero_mean_unit_variance` is not used: consumers divide by std + 1e-6.
+  `fixed_zero_mean_unit_variance` is not used: consumers divide by std + 1e-6. A per-image
+  percentile record (`--normalize percentile`) is one `scale_range` step per sample and channel;
+  its dark-on-bright inversion has no spec step (the package's documentation says so);
 * sizes and halo come from `pixelwise.bioimageio.sizes` (a valid U-Net is mirrored by its margin
   inside the packaged model, so the output has the input's size; the halo is the margin rounded
   up to the stride, and consumers mirror the border as pixelwise does: input `pad` "reflect");
@@ -57,7 +59,7 @@ from pixelwise.bioimageio.documentation import PackageFacts, readme
 from pixelwise.bioimageio.network import PackagedModel
 from pixelwise.bioimageio.sizes import PackageSizes, UnsupportedModelError, package_sizes
 from pixelwise.checkpoint import load_state
-from pixelwise.data import dtype_scale, read_image
+from pixelwise.data import dtype_scale, is_percentile, read_image, to_chw_float
 from pixelwise.models import model_config
 
 __all__ = ["WEIGHT_FORMATS", "BioimageioError", "PackageInfo", "export_bioimageio"]
@@ -146,10 +148,7 @@ def _input_scaling(
 ) -> tuple[str, list[float] | None, list[float] | None]:
     """(input dtype, per-channel gain, per-channel offset) with x·gain + offset = pixelwise's
     normalised input; gain None: no scaling (float input used as it is)."""
-    if input_dtype is not None and input_dtype not in ("float32", *_DTYPES):
-        raise BioimageioError(
-            f"--input-dtype {input_dtype}: choose from float32, {', '.join(_DTYPES)}"
-        )
+    _check_input_dtype(input_dtype)
     if normalization is None:
         dtype = input_dtype or "float32"
         scale = dtype_scale(dtype)
@@ -192,6 +191,38 @@ def _preprocessing(gain: list[float] | None, offset: list[float] | None) -> list
         steps.append({"id": "scale_linear", "kwargs": kwargs})
     steps.append({"id": "ensure_dtype", "kwargs": {"dtype": "float32"}})
     return steps
+
+
+def _check_input_dtype(input_dtype: str | None) -> None:
+    if input_dtype is not None and input_dtype not in ("float32", *_DTYPES):
+        raise BioimageioError(
+            f"--input-dtype {input_dtype}: choose from float32, {', '.join(_DTYPES)}"
+        )
+
+
+def _percentile_dtype(input_dtype: str | None) -> str:
+    """The input dtype of a package normalising by percentiles: any works; float32 unless
+    `--input-dtype` says otherwise."""
+    _check_input_dtype(input_dtype)
+    return input_dtype or "float32"
+
+
+def _percentile_preprocessing(normalization: dict[str, Any]) -> list[dict]:
+    """The spec's `scale_range` per sample and channel for a percentile record. Its
+    dark-on-bright inversion ("invert") has no spec operation: consumers of the package get
+    bright-on-dark images normalised, dark-on-bright ones not inverted (the documentation
+    says so)."""
+    kwargs = {
+        "axes": ["y", "x"],
+        "min_percentile": float(normalization.get("low", 1.0)),
+        "max_percentile": float(normalization.get("high", 99.8)),
+        "eps": 1e-6,
+    }
+    return [
+        {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
+        {"id": "scale_range", "kwargs": kwargs},
+        {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
+    ]
 
 
 def _apply_scaling(raw: np.ndarray, gain: list[float] | None, offset: list[float] | None):
@@ -498,10 +529,21 @@ def export_bioimageio(
     except UnsupportedModelError as e:
         raise BioimageioError(str(e)) from None
     channels, classes = model_args["in_channels"], model_args["num_classes"]
-    dtype, gain, offset = _input_scaling(meta.get("normalization"), channels, input_dtype)
-    raw = _test_input(test_image, sizes, channels, dtype)
+    normalization = meta.get("normalization")
+    if is_percentile(normalization):
+        dtype = _percentile_dtype(input_dtype)
+        raw = _test_input(test_image, sizes, channels, dtype)
+        # pixelwise's own normalisation of the test input gives the expected output.
+        x = torch.from_numpy(
+            to_chw_float(np.moveaxis(raw[0], 0, -1), normalization=normalization)[None]
+        )
+        preprocessing = _percentile_preprocessing(normalization)
+    else:
+        dtype, gain, offset = _input_scaling(normalization, channels, input_dtype)
+        raw = _test_input(test_image, sizes, channels, dtype)
+        x = torch.from_numpy(_apply_scaling(raw, gain, offset))
+        preprocessing = _preprocessing(gain, offset)
     packaged = PackagedModel(model.cpu().eval(), pad=sizes.pad, extra=sizes.extra).eval()
-    x = torch.from_numpy(_apply_scaling(raw, gain, offset))
 
     class_names = list(meta.get("class_names") or [f"class {i}" for i in range(classes)])
     seen: set[str] = set()
@@ -514,7 +556,6 @@ def export_bioimageio(
         f"{', '.join(class_names)}{' (instance segmentation)' if target else ''}."
     )
     parameters = sum(p.numel() for p in model.parameters())
-    preprocessing = _preprocessing(gain, offset)
     cite = list(info.cite) or [_CITE["unet" if name == "unet" else "fcn"]]
 
     with _staging(out) as folder:

@@ -10,7 +10,8 @@ One module per concern; import from here (``from pixelwise.data import open_data
   and :func:`as_palette`.
 * :mod:`~pixelwise.data.normalization` — :func:`to_chw_float` turns an image into a
   ``(C, H, W)`` float32 input scaled by its dtype (uint8 / 255, uint16 / 65535) and optionally
-  standardised with a per-channel ``{"mean", "std", "scale"}`` record.
+  normalised with a per-channel ``{"mean", "std", "scale"}`` record or per image by percentiles
+  (:data:`PERCENTILE_NORMALIZATION`, :func:`percentile_levels`).
 * :mod:`~pixelwise.data.masks` — :class:`MaskEncoding` and :func:`decode_mask`: stored masks
   (integer, 0/255, palette, RGB, instance labels) to ``(H, W)`` class indices.
 * :mod:`~pixelwise.data.layouts` — :func:`open_dataset` lists image/mask pairs
@@ -50,7 +51,15 @@ from pixelwise.data.layouts import (
     open_dataset,
 )
 from pixelwise.data.masks import DecodedMask, MaskEncoding, decode_mask
-from pixelwise.data.normalization import dtype_scale, to_chw_float
+from pixelwise.data.normalization import (
+    NORMALIZE_METHODS,
+    PERCENTILE_NORMALIZATION,
+    Levels,
+    dtype_scale,
+    is_percentile,
+    percentile_levels,
+    to_chw_float,
+)
 from pixelwise.data.palette import VOC_PALETTE, as_palette, voc_palette
 from pixelwise.data.survey import (
     SurveyReport,
@@ -64,11 +73,14 @@ __all__ = [
     "JPEG_SUFFIXES",
     "LAYOUTS",
     "MASK_DIR_NAMES",
+    "NORMALIZE_METHODS",
+    "PERCENTILE_NORMALIZATION",
     "TIFF_SUFFIXES",
     "VOC_PALETTE",
     "DataError",
     "DatasetIndex",
     "DecodedMask",
+    "Levels",
     "LoadedSample",
     "MaskEncoding",
     "Problem",
@@ -82,10 +94,12 @@ __all__ = [
     "check_dataset",
     "decode_mask",
     "dtype_scale",
+    "is_percentile",
     "iter_pages",
     "load_dataset",
     "open_dataset",
     "page_count",
+    "percentile_levels",
     "read_image",
     "read_stack",
     "survey_dataset",

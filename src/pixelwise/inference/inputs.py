@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from pixelwise.checks import is_int
-from pixelwise.data import IMAGE_SUFFIXES, DataError, read_image, to_chw_float
+from pixelwise.data import (
+    IMAGE_SUFFIXES,
+    DataError,
+    is_percentile,
+    percentile_levels,
+    read_image,
+    to_chw_float,
+)
 from pixelwise.data.lazy import LazyImage, describe, is_ome_zarr, open_lazy
 from pixelwise.inference.summary import Failure
 
@@ -200,8 +207,9 @@ class NormalizedImage:
 
     Args:
         image: (H, W) or (H, W, C) array-like supporting 2-D slicing (numpy array, np.memmap).
-        normalization: the checkpoint's {"mean", "std", "scale"} record, or None (dtype scaling
-            only).
+        normalization: the checkpoint's {"mean", "std", "scale"} record, its per-image
+            percentile record (levels measured once on the whole image), or None (dtype
+            scaling only).
         source: name used in error messages.
     """
 
@@ -214,6 +222,13 @@ class NormalizedImage:
         channels = 1 if image.ndim == 2 else image.shape[2]
         self.shape = (channels, *image.shape[:2])
         self._image, self._normalization, self._source = image, normalization, source
+        # A percentile record's levels belong to the whole image: measured once, on a regular
+        # subsample read region by region, and applied to every block.
+        self._levels = (
+            percentile_levels(image, normalization, source=source)
+            if is_percentile(normalization)
+            else None
+        )
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -222,5 +237,7 @@ class NormalizedImage:
         if not (isinstance(rows, slice) and isinstance(cols, slice)):
             raise TypeError(f"NormalizedImage supports slices for rows and columns, got {key}")
         block = np.asarray(self._image[rows, cols])
-        x = to_chw_float(block, normalization=self._normalization, source=self._source)
+        x = to_chw_float(
+            block, normalization=self._normalization, source=self._source, levels=self._levels
+        )
         return x[channels]

@@ -74,6 +74,7 @@ def predict_files(
     instances: bool = False,
     postprocessing: PostProcessing | None = None,
     precision: str = "auto",
+    diameter: float | None = None,
     output_format: str = "png",
     channel: int | None = None,
     level: int = 0,
@@ -107,6 +108,9 @@ def predict_files(
         precision: "auto" (bf16 autocast where the device computes it natively, else fp32),
             "fp32", "bf16" or "fp16", as `pixelwise.Segmenter` (whose `precision` says what
             was chosen and why).
+        diameter: the objects' typical diameter in the images, in pixels: each image is
+            resized to the checkpoint's recorded "object_diameter" for inference and its maps
+            back (`pixelwise.Segmenter`'s `diameter`; images held in memory only).
         output_format: "png" (palette PNG class maps), "tif" (grayscale TIFF class ids) or
             "ome-zarr" (NGFF label images, `pixelwise.inference.ome_zarr`).
         channel: predict only this channel of multi-channel images (`--channel`); None
@@ -150,7 +154,12 @@ def predict_files(
         model, meta, _ = load_state(checkpoint)
     model.to(select_device(options.device))  # where it runs: the precision depends on it
     segmenter = Segmenter(
-        model, meta=meta, options=options, postprocessing=postprocessing, precision=precision
+        model,
+        meta=meta,
+        options=options,
+        postprocessing=postprocessing,
+        precision=precision,
+        diameter=diameter,
     )
     if instances and not segmenter.is_instance_model:
         raise ValueError(_not_instance_model(checkpoint))
@@ -278,6 +287,13 @@ def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunL
         return _predict_in_memory(
             run, np.asarray(image), here, name, path.name, page, pixel_size=image.pixel_size
         )
+    if run.segmenter.scale != 1.0:
+        raise DataError(
+            f"{here}: {image.shape[0]}×{image.shape[1]} pixels exceed stream_pixels="
+            f"{run.stream_pixels}, and a streamed image cannot be resized for --diameter; "
+            f"resize it to the model's object size beforehand (scale {run.segmenter.scale:.3g}), "
+            f"or leave --diameter out"
+        )
     outputs = run.outputs
     wanted = (
         ("overlay", outputs.overlay),
@@ -305,7 +321,7 @@ def _predict_in_memory(
 ) -> list[Path]:
     """Predict an image held in memory and write every requested output."""
     outputs, segmenter = run.outputs, run.segmenter
-    if not outputs.wants_probs:
+    if not outputs.wants_probs and segmenter.scale == 1.0:
         x = segmenter.to_input(image, source=here)  # (C, H, W)
         labels = tiling.predict(segmenter.model, x, options=segmenter.options, output="labels")
         return outputs.write(

@@ -60,18 +60,18 @@ class SegmentationJob:
         if self.cancelled:
             return None
         segmenter = self.segmenter
-        x = segmenter.to_input(self.image, source=self.source)  # (C, H, W) float32
+        x = segmenter.network_input(self.image, source=self.source)  # (C, h, w) float32
         tiles = iter_predict(segmenter.model, x, options=segmenter.options)
         try:
             while True:
                 try:
                     progress = next(tiles)
                 except StopIteration as done:
-                    probabilities = done.value  # (K, H, W)
+                    probabilities = done.value  # (K, h, w)
                     break
                 yield progress
                 if self.cancelled:
                     return None
         finally:
             tiles.close()  # restores the model's mode, device and memory format
-        return segmenter.segmentation(probabilities)
+        return segmenter.segmentation(probabilities, shape=np.shape(self.image)[:2])

@@ -22,10 +22,11 @@ import torch
 import yaml
 
 from pixelwise.checks import choice_message
+from pixelwise.data.normalization import NORMALIZE_METHODS
 from pixelwise.data.targets import TARGET_CLASS_NAMES
 from pixelwise.instances.postprocess import TARGETS
 from pixelwise.models import REGISTRY
-from pixelwise.precision import PRECISIONS, training_channels_last
+from pixelwise.precision import PRECISIONS, merge_older_spelling, training_channels_last
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "poly", "cosine", "plateau")
@@ -40,6 +41,7 @@ PLAIN_DEFAULTS: dict[str, Any] = {
     "schedule": "poly",
     "val_every": 100,
     "weighted": False,
+    "normalize": "dataset",
 }
 """The defaults of the options left unset, for semantic classes (`instances` False)."""
 
@@ -54,6 +56,7 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "schedule": "cosine",
     "val_every": 100,
     "weighted": {"two-class": True, "three-class": False, "distance": False},
+    "normalize": "percentile",
 }
 """The defaults of the options left unset, for objects (`instances=True`); the one place to
 change them. A value given per target (a dict keyed by the TARGETS) follows the resolved target.
@@ -156,6 +159,15 @@ class TrainConfig:
             "post-processing is tuned on the validation images at the end"
         },
     )
+    normalize: str | None = field(
+        default=None,
+        metadata={
+            "help": "input normalisation: dataset (mean and std over the training images, for "
+            "images of one kind and dtype) or percentile (each image's 1st and 99.8th "
+            "percentiles onto 0 and 1, dark-on-bright images inverted: any bit depth and "
+            "brightness, as StarDist and Cellpose)"
+        },
+    )
     class_names: list[str] | None = field(
         default=None,
         metadata={"help": "class names stored in the checkpoint (default: class 0, class 1, ...)"},
@@ -172,7 +184,8 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "checkpoint whose parameters of the same name and shape start the model (FCN's "
-            "staged training: 16s from 32s, 8s from 16s; new score layers keep their zero init)"
+            "staged training: 16s from 32s, 8s from 16s; new score layers keep their zero init), "
+            "or a shipped model's name to fine-tune it (nuclei; `pixelwise models` lists them)"
         },
     )
     # Optimisation
@@ -303,13 +316,7 @@ class TrainConfig:
     def __post_init__(self, amp: str | None) -> None:
         """Map the old `amp` onto `precision`; fill in the options left unset
         (`resolve_defaults`)."""
-        if amp is not None:
-            if self.precision not in ("auto", amp):
-                raise ValueError(
-                    f"amp {amp!r} (the older name of precision) and precision "
-                    f"{self.precision!r} disagree; give precision alone"
-                )
-            self.precision = amp
+        self.precision = merge_older_spelling(self.precision, amp, names=("precision", "amp"))
         resolve_defaults(self)
 
     def check(self) -> None:
@@ -333,6 +340,8 @@ class TrainConfig:
             (self.model in REGISTRY, choice_message("model", self.model, tuple(REGISTRY))),
             (self.optimizer in OPTIMIZERS, choice_message("optimizer", self.optimizer, OPTIMIZERS)),
             (self.schedule in SCHEDULES, choice_message("schedule", self.schedule, SCHEDULES)),
+            (self.normalize in NORMALIZE_METHODS,
+             choice_message("normalize", self.normalize, NORMALIZE_METHODS)),
             (self.precision in PRECISIONS, choice_message("precision", self.precision, PRECISIONS)),
             (self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),

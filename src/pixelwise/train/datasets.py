@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pixelwise.checks import InputWarning
-from pixelwise.data import SegmentationDataset, load_dataset
+from pixelwise.data import PERCENTILE_NORMALIZATION, SegmentationDataset, load_dataset
 from pixelwise.losses import weight_map
 from pixelwise.train.config import TrainConfig
 
@@ -23,7 +23,9 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
     """(training set, validation set or None) as `cfg` says.
 
     `cfg.val_data` or `cfg.val_split` name a separate validation set (normalised as the training
-    set); else a seeded `cfg.val_fraction` of the images is held out (none of a single image).
+    set: with `cfg.normalize` "dataset" by the training images' moments, with "percentile" each
+    image by its own percentiles); else a seeded `cfg.val_fraction` of the images is held out
+    (none of a single image).
     Both serve the masks of `cfg.target` when it is set (derived from the instance labels,
     which they also keep for border weights and object scores).
 
@@ -41,7 +43,11 @@ def split_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationD
         target=cfg.target,
     )
     weight_fn = border_weight_fn(cfg) if cfg.weighted else None
-    train = load_dataset(cfg.data, split=cfg.split, weight_fn=weight_fn, **opts)
+    # None: the survey's moments of the training images; else every image by its percentiles.
+    normalization = dict(PERCENTILE_NORMALIZATION) if cfg.normalize == "percentile" else None
+    train = load_dataset(
+        cfg.data, split=cfg.split, weight_fn=weight_fn, normalization=normalization, **opts
+    )
     if train.report is not None:
         warn_if_all_background(train.report.class_pixels, cfg.data)
     if cfg.val_data is not None or cfg.val_split is not None:

@@ -46,6 +46,7 @@ FIXED_ON_RESUME = (
     "class_names",
     "instances",
     "target",
+    "normalize",
     "optimizer",
 )
 """Options a resumed run must keep: they build the model, give its outputs their meaning, or
@@ -152,7 +153,8 @@ def build_model(cfg: TrainConfig, train_ds: SegmentationDataset) -> nn.Module:
 def initialize_from(model: nn.Module, path: str | Path) -> str:
     """Copy into `model` every parameter/buffer of checkpoint `path` with the same name and shape.
 
-    `path` may be a run folder (its best checkpoint, `pixelwise.checkpoint.resolve`). Returns
+    `path` may be a run folder (its best checkpoint, `pixelwise.checkpoint.resolve`) or a
+    shipped model's name (`pixelwise.zoo.MODELS`, e.g. "nuclei": fine-tuning). Returns
     a one-line summary naming the file. Raises ValueError when nothing matches (a different
     model), CheckpointError for a file that is not a sound checkpoint.
     """

