@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from pixelwise import tiling
-from pixelwise.checkpoint import load_state
 from pixelwise.checks import check_choice, check_output_folder, check_positive_int
 from pixelwise.data import DataError
 from pixelwise.data.lazy import PixelSize
@@ -148,19 +147,12 @@ def predict_files(
     if options is None:
         overrides.setdefault("progress", True)
     options = PredictOptions.build(options, **overrides)
-    if isinstance(checkpoint, nn.Module):
-        model, meta = checkpoint, {}
+    settings = dict(postprocessing=postprocessing, precision=precision, diameter=diameter)
+    if isinstance(checkpoint, nn.Module):  # where it runs: the precision depends on it
+        checkpoint.to(select_device(options.device))
+        segmenter = Segmenter(checkpoint, options=options, **settings)
     else:
-        model, meta, _ = load_state(checkpoint)
-    model.to(select_device(options.device))  # where it runs: the precision depends on it
-    segmenter = Segmenter(
-        model,
-        meta=meta,
-        options=options,
-        postprocessing=postprocessing,
-        precision=precision,
-        diameter=diameter,
-    )
+        segmenter = Segmenter.from_checkpoint(checkpoint, options=options, **settings)
     if instances and not segmenter.is_instance_model:
         raise ValueError(_not_instance_model(checkpoint))
     files, missing = expand_inputs(inputs)
