@@ -103,10 +103,10 @@ def test_streamed_blocks_use_the_whole_image_levels(monkeypatch: pytest.MonkeyPa
     )
 
 
-def test_instance_runs_default_to_percentiles_and_plain_runs_to_moments() -> None:
-    assert TrainConfig(data="d", instances=True).normalize == "percentile"
+def test_runs_default_to_moments_and_take_percentiles_when_asked() -> None:
+    assert TrainConfig(data="d", instances=True).normalize == "dataset"
     assert TrainConfig(data="d").normalize == "dataset"
-    assert TrainConfig(data="d", instances=True, normalize="dataset").normalize == "dataset"
+    assert TrainConfig(data="d", instances=True, normalize="percentile").normalize == "percentile"
     with pytest.raises(ValueError, match="normalize must be one of 'dataset', 'percentile'"):
         TrainConfig(data="d", normalize="minmax").check()
 

@@ -38,7 +38,7 @@ PERCENTILE_NORMALIZATION: dict[str, Any] = {
     "invert": "auto",
 }
 """The per-image percentile record (StarDist's `normalize(x, 1, 99.8)`), dark-on-bright images
-inverted; `pixelwise train --normalize percentile` records it (the instance default)."""
+inverted; `pixelwise train --normalize percentile` records it (the shipped models use it)."""
 
 LEVEL_PIXELS = 4_000_000
 """Most pixels `percentile_levels` reads: larger images are subsampled on a regular grid."""
@@ -105,12 +105,10 @@ def percentile_levels(
     chw = checked_chw(sample, name)  # (C, h, w)
     flat = chw.reshape(chw.shape[0], -1).astype(np.float32) * np.float32(dtype_scale(sample.dtype))
     low, high = np.percentile(flat, [low_q, high_q], axis=1).astype(np.float32)  # (C,) each
-    levels = Levels(low=low, high=high, invert=False)
     if invert == "auto":
         span = np.maximum(high - low, np.float32(1e-12))
-        median = np.median(flat, axis=1)
-        invert = bool(np.mean((median - low) / span) > 0.5)
-    return dataclasses.replace(levels, invert=bool(invert))
+        invert = np.mean((np.median(flat, axis=1) - low) / span) > 0.5
+    return Levels(low=low, high=high, invert=bool(invert))
 
 
 def apply_levels(x: np.ndarray, levels: Levels) -> np.ndarray:

@@ -56,7 +56,6 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     "schedule": "cosine",
     "val_every": 100,
     "weighted": {"two-class": True, "three-class": False, "distance": False},
-    "normalize": "percentile",
 }
 """The defaults of the options left unset, for objects (`instances=True`); the one place to
 change them. A value given per target (a dict keyed by the TARGETS) follows the resolved target.

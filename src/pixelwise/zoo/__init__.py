@@ -13,9 +13,9 @@ the tests reproduce.
     pixelwise.pretrained("nuclei", diameter=30)            # nuclei about 30 pixels across
 
 The command line names them where it takes a checkpoint: `pixelwise predict --model nuclei
-IMAGES --out OUT --instances`, `pixelwise train DATA --instances --init nuclei` (fine-tuning),
-and `pixelwise models` lists them. `benchmarks/train_pretrained.py` is the recipe that made
-them.
+IMAGES --out OUT --instances`, `pixelwise train DATA --instances --init nuclei --normalize
+percentile` (fine-tuning, with the shipped model's normalisation), and `pixelwise models` lists
+them. `benchmarks/train_pretrained.py` is the recipe that made them.
 """
 
 from __future__ import annotations
