@@ -2,6 +2,11 @@
 
     python benchmarks/nuclei_instances.py ../shared/data --minutes 10     # about 75 min
     python benchmarks/nuclei_instances.py ../shared/data --quick          # < 90 s, for CI
+    python benchmarks/nuclei_instances.py ../shared/data --minutes 30 --data-sets dsb2018-dev \
+        --targets three-class --normalize dataset percentile    # two normalisations side by side
+
+`--steps N` trains each pixelwise model N steps instead of `--minutes` (a result the machine's
+load does not change); `--no-cellpose` leaves out the cellpose rows.
 
 The question (issue 11): which pixelwise training target makes the best objects, and how they
 compare with cellpose 3.1 trained from scratch on the same images for the same CPU minutes.
@@ -76,6 +81,7 @@ from common import Run, add_training_options, make_parser, parse_args, write_res
 from nuclei_weights import PERCENTILES, center_crop, ctc_frames
 from pixelwise import Segmenter
 from pixelwise.data import read_image, write_image
+from pixelwise.data.normalization import NORMALIZE_METHODS
 from pixelwise.instances import TARGETS
 from pixelwise.metrics import match_instances, pool_matches
 from pixelwise.train import TrainConfig, train
@@ -85,7 +91,6 @@ CTC = "nuclei"
 SPLIT_SALT = "pixelwise nuclei_instances split v1:"
 TEST_FRACTION = 0.2
 CELLPOSE = "cellpose"
-METHODS = (*TARGETS, CELLPOSE)
 ALL = "all"
 # (results key, column title): the pooled scores of the table.
 SCORES = (
@@ -123,9 +128,12 @@ class Settings:
     cellpose_timing_steps: int = 2
     warmup: bool = True
 
-    def pixelwise_options(self, minutes: float) -> dict[str, Any]:
-        """The TrainConfig fields given beside the data: the quick run's, else the budget."""
-        return dict(self.pixelwise) or {"max_minutes": minutes}
+    def pixelwise_options(self, minutes: float, steps: int | None = None) -> dict[str, Any]:
+        """The TrainConfig fields given beside the data: the quick run's, else the budget (a
+        number of steps when given, which a machine's load does not change, else minutes)."""
+        if self.pixelwise:
+            return dict(self.pixelwise)
+        return {"steps": steps, "max_minutes": None} if steps else {"max_minutes": minutes}
 
 
 FULL = Settings(dsb_images=None, crop=None)
@@ -233,10 +241,21 @@ Predictor = Callable[[np.ndarray], np.ndarray]  # (H, W) raw image → (H, W) in
 
 
 def train_pixelwise(
-    data: DataSet, out: Path, target: str, settings: Settings, *, minutes: float, seed: int
+    data: DataSet,
+    out: Path,
+    target: str,
+    settings: Settings,
+    *,
+    minutes: float,
+    seed: int,
+    steps: int | None = None,
+    normalize: str | None = None,
 ) -> tuple[Predictor, dict[str, Any]]:
-    """Train one target with the instance defaults; objects from the best checkpoint."""
-    overrides = settings.pixelwise_options(minutes)
+    """Train one target with the instance defaults (`normalize`: the input normalisation, None
+    = the default); objects from the best checkpoint."""
+    overrides = settings.pixelwise_options(minutes, steps)
+    if normalize is not None:
+        overrides["normalize"] = normalize
     cfg = TrainConfig(
         data=str(data.root / "train"),
         out=str(out),
@@ -439,36 +458,45 @@ def run_data_set(
     seed: int,
     cellpose: bool,
     targets: Sequence[str] = TARGETS,
+    steps: int | None = None,
+    normalize: Sequence[str | None] = (None,),
 ) -> dict[str, Any]:
-    """Train and score every method (the pixelwise `targets`, then cellpose) on one prepared
-    data set."""
+    """Train and score every method on one prepared data set: each pixelwise target of
+    `targets` with each input normalisation of `normalize` (None = the default; a row is named
+    "T, normalize N" when more than one is asked), then cellpose."""
     test = data.pairs("test")
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     training: dict[str, dict[str, Any]] = {}
-    for method in METHODS:
-        if method != CELLPOSE and method not in targets:
-            continue
+    variants = [
+        (target if len(normalize) == 1 else f"{target}, normalize {norm}", target, norm)
+        for target in TARGETS
+        if target in targets
+        for norm in normalize
+    ]
+    for method, target, norm in [*variants, *([(CELLPOSE, None, None)] if cellpose else [])]:
         if method == CELLPOSE:
-            if not cellpose:
-                continue
             budget_s = max(t["minutes"] for t in training.values()) * 60
             objects, info = train_cellpose(
                 data, out / method, settings, budget_s=budget_s, seed=seed
             )
         else:
+            folder = out / method.replace(", normalize ", "-")
             objects, info = train_pixelwise(
-                data, out / method, method, settings, minutes=minutes, seed=seed
-            )
+                data, folder, target, settings, minutes=minutes, seed=seed, steps=steps,
+                normalize=norm,
+            )  # fmt: skip
         maps, seconds = predict_test(objects, test, warmup=settings.warmup)
         rows[method] = table_rows(maps, test, data.groups, minutes=info["minutes"], seconds=seconds)
         training[method] = info
     return {"rows": rows, "training": training, "train": data.train, "test": data.test}
 
 
-def describe(prepared: Sequence[DataSet], settings: Settings, minutes: float) -> list[str]:
+def describe(
+    prepared: Sequence[DataSet], settings: Settings, minutes: float, steps: int | None = None
+) -> list[str]:
     """The header's lines on the data and the methods' settings."""
     crop = f"; centre {settings.crop}×{settings.crop} crops" if settings.crop else ""
-    options = settings.pixelwise_options(minutes)
+    options = settings.pixelwise_options(minutes, steps)
     parts = [
         f"{d.name}: fixed split, {len(d.train)} training / {len(d.test)} test images"
         if d.name == DSB
@@ -510,11 +538,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=list(TARGETS),
         help="which pixelwise targets to train (default: all; cellpose follows them)",
     )
+    parser.add_argument(
+        "--normalize",
+        nargs="+",
+        choices=NORMALIZE_METHODS,
+        help="input normalisation of the pixelwise models; several: one model per target and "
+        "normalisation, side by side (default: the instance default)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="train each pixelwise model this many steps instead of --minutes (the schedule "
+        "spans them; the result does not depend on the machine's load)",
+    )
+    parser.add_argument(
+        "--no-cellpose", action="store_true", help="pixelwise rows only (no cellpose training)"
+    )
     args = parse_args(parser, argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be ≥ 1, got {args.steps}")
     run = Run("nuclei_instances", argv)
     settings = QUICK if args.quick else FULL
-    cellpose = cellpose_available()
-    if not cellpose and not args.quick:
+    cellpose = cellpose_available() and not args.no_cellpose
+    if not cellpose and not args.quick and not args.no_cellpose:
         parser.error(
             "cellpose is not installed: pip install -e '.[bench]' --constraint "
             "constraints.txt (or pass --quick to run pixelwise alone)"
@@ -537,11 +583,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             cellpose=cellpose,
             targets=args.targets,
+            steps=args.steps,
+            normalize=args.normalize or (None,),
         )
-    notes = [] if cellpose else ["cellpose is not installed (the `bench` extra): no cellpose rows"]
+    notes = (
+        []
+        if cellpose
+        else [
+            "--no-cellpose: no cellpose rows"
+            if args.no_cellpose
+            else "cellpose is not installed (the `bench` extra): no cellpose rows"
+        ]
+    )
     header = run.header(
         f"Nuclei instance recipe{' (--quick: centre crops, tiny nets)' if args.quick else ''}",
-        *describe(prepared, settings, args.minutes),
+        *describe(prepared, settings, args.minutes, args.steps),
         *notes,
     )
     tables = "\n\n".join(f"### {name}\n\n{results_table(r['rows'])}" for name, r in results.items())
@@ -554,6 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data_sets": results,
             "settings": asdict(settings),
             "minutes": args.minutes,
+            "steps": args.steps,
+            "normalize": args.normalize,
             "quick": args.quick,
             "seed": args.seed,
             "cellpose": cellpose,

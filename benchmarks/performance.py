@@ -13,14 +13,16 @@ under a time limit); times are medians of the repeats after a warm-up call. Sect
    512, 32), norm="batch")` (7.78 M, fp32 NCHW, its default) when monai is installed, and
    `torch.compile` of the pixelwise step. bf16 autocast runs at that size where the CPU has
    native bf16 (`pixelwise.precision.native_bf16`), else at 1 × 64² against fp32 there
-   (emulated bf16 is slow: the point of detecting it).
+   (emulated bf16 is slow: the point of detecting it). The U-Net paper's valid network (base 64,
+   depth 5, 31 M parameters) on its 572² tile (388² labelled): labelled pixels per second.
 2. Inference of the same network on one 512² tile: eager NCHW, eager channels_last (the CPU
    default of `tiling.predict`), bf16 autocast (where native), `torch.compile` (channels_last),
    ONNX Runtime (`pixelwise.export.export_onnx`, CPU provider); max |logit − eager fp32|.
 3. The whole `pixelwise train` loop with defaults (instances, three-class target, the matched
    network, batch 4, patch 256, elastic augmentation), per step (marginal: the difference of
-   runs of 1 and 3 steps, so set-up and the final checkpoint cancel), with workers 0 and 2, and
-   with border weights (two-class target), against the bare step of section 1.
+   runs of 2 and 8 steps, so set-up and the final checkpoint cancel), with workers 0 and 2, and
+   with border weights (two-class target), against the bare step of section 1 in the precision
+   and memory format the loop picks (its overhead), MONAI's and the NCHW fp32 one.
 4. `pixelwise predict` wall time including the Python start, on a 64² and a 1024² image, for
    this working tree and for the committed tree (HEAD, via `git archive`) when git is there.
 
@@ -92,7 +94,8 @@ def _step_worker(cfg: dict) -> dict:
     batch, size = cfg["batch"], cfg["size"]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 1, size, size, generator=g)
-    y = torch.randint(0, CLASSES, (batch, size, size), generator=g)
+    labelled = net.output_size(size) if hasattr(net, "output_size") else size  # valid: smaller
+    y = torch.randint(0, CLASSES, (batch, labelled, labelled), generator=g)
     if cfg["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -113,6 +116,7 @@ def _step_worker(cfg: dict) -> dict:
         "times": warm,
         "first": cold[0] if cold else None,
         "params": sum(p.numel() for p in net.parameters()),
+        "labelled": batch * labelled**2,
     }
 
 
@@ -166,6 +170,7 @@ def _infer_worker(cfg: dict) -> dict:
 
 def _loop_worker(cfg: dict) -> dict:
     """One `pixelwise.train.train` run of cfg["steps"] steps: its wall time."""
+    from pixelwise.precision import resolve_precision
     from pixelwise.train import TrainConfig, train
 
     config = TrainConfig(
@@ -186,7 +191,8 @@ def _loop_worker(cfg: dict) -> dict:
     start = time.perf_counter()
     train(config, progress=False, log=lambda _line: None)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "precision": config.precision, "cl": config.channels_last}
+    precision = resolve_precision(config.precision, "cpu").name
+    return {"seconds": seconds, "precision": precision, "cl": config.channels_last}
 
 
 def worker(cfg: dict) -> dict:
@@ -279,7 +285,10 @@ def _note(result: dict, *keys: str) -> str:
     return ", ".join(parts)
 
 
-def _training_steps(table: Table, quick: bool, native: str | None) -> float | None:
+def _training_steps(table: Table, quick: bool, native: str | None) -> dict[str, float | None]:
+    """Section 1; returns the median seconds of the bare steps the loop is compared with:
+    "nchw" (fp32), "monai", and "loop" (the precision and memory format `pixelwise train`
+    picks here: bf16 autocast + channels_last on a CPU with native bf16, else NCHW fp32)."""
     batch, size, repeats = (1, 64, 1) if quick else (4, 256, 3)
     arch = dict(MATCHED, base_channels=8) if quick else MATCHED
     shape = f"{batch}×1×{size}²"
@@ -294,10 +303,12 @@ def _training_steps(table: Table, quick: bool, native: str | None) -> float | No
         features = [8, 16, 32, 64, 128, 8] if quick else list(MONAI_FEATURES)
         monai = _run(common | dict(net="monai", arch=dict(features=features)))
         note = _note(monai, "rss_mb") + f", {monai.get('params', 0):,} parameters"
-        table.add(section, "MONAI BasicUNet NCHW fp32", shape, _median(monai), note,
-                  repeats=repeats)  # fmt: skip
+        monai_s = table.add(section, "MONAI BasicUNet NCHW fp32", shape, _median(monai), note,
+                            repeats=repeats)  # fmt: skip
     else:
-        table.add(section, "MONAI BasicUNet NCHW fp32", shape, None, "monai not installed")
+        monai_s = table.add(section, "MONAI BasicUNet NCHW fp32", shape, None,
+                            "monai not installed")  # fmt: skip
+    loop = bare
     cl = _run(common | dict(channels_last=True))
     table.add(section, "pixelwise channels_last fp32", shape, _median(cl), _note(cl, "rss_mb"),
               repeats=repeats)  # fmt: skip
@@ -306,8 +317,12 @@ def _training_steps(table: Table, quick: bool, native: str | None) -> float | No
         table.add(section, f"pixelwise NCHW bf16 autocast ({native})", shape, _median(bf),
                   _note(bf, "rss_mb"), repeats=repeats)  # fmt: skip
         bfcl = _run(common | dict(autocast="bf16", channels_last=True))
-        table.add(section, "pixelwise channels_last bf16 autocast", shape, _median(bfcl),
-                  _note(bfcl, "rss_mb"), repeats=repeats)  # fmt: skip
+        loop = table.add(section, "pixelwise channels_last bf16 autocast", shape, _median(bfcl),
+                         _note(bfcl, "rss_mb"), repeats=repeats)  # fmt: skip
+        bfclc = _run(common | dict(autocast="bf16", channels_last=True, compile=True),
+                     timeout=COMPILE_LIMIT_S)  # fmt: skip
+        table.add(section, "pixelwise channels_last bf16 autocast, torch.compile", shape,
+                  _median(bfclc), _note(bfclc, "first"), repeats=repeats)  # fmt: skip
     else:
         small = dict(batch=1, size=64, repeats=1 if quick else 2)
         tiny = f"1×1×{small['size']}²"
@@ -321,7 +336,34 @@ def _training_steps(table: Table, quick: bool, native: str | None) -> float | No
     compiled = _run(common | dict(compile=True), timeout=COMPILE_LIMIT_S)
     table.add(section, "pixelwise NCHW fp32, torch.compile", shape, _median(compiled),
               _note(compiled, "first"), repeats=repeats)  # fmt: skip
-    return bare
+    _paper_steps(table, quick, native)
+    return {"nchw": bare, "monai": monai_s, "loop": loop}
+
+
+def _paper_steps(table: Table, quick: bool, native: str | None) -> None:
+    """The U-Net paper's valid network (base 64, depth 5: 31 M parameters) on its 572² tile,
+    whose labelled output is 388²: NCHW fp32 and the precision and format `pixelwise train`
+    picks here."""
+    arch = dict(base_channels=8 if quick else 64, depth=3 if quick else 5, padding="valid")
+    size = 92 if quick else 572
+    common = dict(kind="step", net="pixelwise", arch=arch, batch=1, size=size,
+                  repeats=1 if quick else 2, warmup=1, channels_last=False, autocast=None,
+                  compile=False)  # fmt: skip
+    section, shape = "1 training step, paper U-Net (valid)", f"1×1×{size}²"
+    variants = [("NCHW fp32", {})]
+    if native:
+        variants.append(("channels_last bf16 autocast", dict(autocast="bf16", channels_last=True)))
+    for variant, extra in variants:
+        result = _run(common | extra)
+        seconds = _median(result)
+        note = _note(result, "rss_mb")
+        if seconds:
+            note += (
+                f", {result['params']:,} parameters, "
+                f"{result['labelled'] / seconds / 1e3:.1f} k labelled px/s"
+            )
+        table.add(section, f"pixelwise {variant}", shape, seconds, note,
+                  repeats=common["repeats"])  # fmt: skip
 
 
 def _inference(table: Table, quick: bool, native: str | None, tmp: Path) -> None:
@@ -344,17 +386,17 @@ def _inference(table: Table, quick: bool, native: str | None, tmp: Path) -> None
         table.add(section, variant, shape, _median(result), note, repeats=repeats)
 
 
-def _training_loop(table: Table, quick: bool, bare: float | None, tmp: Path) -> None:
+def _training_loop(table: Table, quick: bool, bare: dict[str, float | None], tmp: Path) -> None:
     from pixelwise.synthetic import write_dataset
 
     n, image = (4, 96) if quick else (16, 384)
     data = write_dataset(tmp / "cells", n, (image, image), seed=0)
     batch, patch = (1, 64) if quick else (4, 256)
-    k1, k2 = (1, 2) if quick else (1, 3)
+    k1, k2 = (1, 2) if quick else (2, 8)
     arch = dict(base_channels=8) if quick else {}
     section = "3 train loop (per step)"
-    table.add(section, "bare step (section 1, NCHW fp32)", f"{batch}×1×{patch}²", bare,
-              "the loop's reference", repeats=0)  # fmt: skip
+    table.add(section, "bare step at the loop's precision and format (section 1)",
+              f"{batch}×1×{patch}²", bare["loop"], "the loop's reference", repeats=0)  # fmt: skip
     for variant, target, workers in [
         ("pixelwise train, defaults (three-class, workers 0)", "three-class", 0),
         ("pixelwise train, workers 2", "three-class", 2),
@@ -370,9 +412,15 @@ def _training_loop(table: Table, quick: bool, bare: float | None, tmp: Path) -> 
             table.add(section, variant, f"{batch}×{patch}²", None, _note(runs[0]) or _note(runs[1]))
             continue
         per_step = (runs[1]["seconds"] - runs[0]["seconds"]) / (k2 - k1)
+        versus = [
+            f"{reference / per_step:.2f}× {name}"
+            for name, reference in (("MONAI's bare step", bare["monai"]),
+                                    ("the NCHW fp32 bare step", bare["nchw"]))
+            if reference
+        ]  # fmt: skip
         note = (
             f"{k1} and {k2} steps: {runs[0]['seconds']:.1f} s and {runs[1]['seconds']:.1f} s; "
-            f"precision {runs[1]['precision']}, channels_last {runs[1]['cl']}"
+            f"precision {runs[1]['precision']}, channels_last {runs[1]['cl']}; " + ", ".join(versus)
         )
         table.add(section, variant, f"{batch}×1×{patch}²", per_step, note, repeats=1)
 

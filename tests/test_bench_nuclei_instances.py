@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import nuclei_instances as recipe  # benchmarks/ is on sys.path (tests/conftest.py)
+from pixelwise.checkpoint import read_metadata
+from pixelwise.data.normalization import is_percentile
 from pixelwise.metrics import match_instances, pool_matches
 
 IDS = [f"{i:04x}{'ab' * 8}" for i in range(0, 133 * 37, 37)]  # 133 made-up image ids
@@ -125,3 +127,28 @@ def test_quick_run_writes_one_table_per_data_set(
                 assert math.isfinite(row["predict_s_per_mp"]) and row["predict_s_per_mp"] > 0
             assert f"| {method} | all (" in text
     assert results["data_sets"]["nuclei"]["test"] == ["GOWT1_t72.tif", "HeLa_t79.tif"]
+
+
+def test_normalisations_side_by_side_and_a_step_budget(
+    shared_data: Callable[[str], Path], tmp_path: Path
+) -> None:
+    root = shared_data("dsb2018-dev").parent
+    out = tmp_path / "out"
+    argv = [str(root), "--quick", "--out", str(out), "--data-sets", "dsb2018-dev", "--targets",
+            "three-class", "--normalize", "dataset", "percentile", "--no-cellpose"]  # fmt: skip
+    assert recipe.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = results["data_sets"]["dsb2018-dev"]["rows"]
+    assert list(rows) == ["three-class, normalize dataset", "three-class, normalize percentile"]
+    assert results["normalize"] == ["dataset", "percentile"] and not results["cellpose"]
+    assert "--no-cellpose: no cellpose rows" in (out / "results.md").read_text()
+    for method, folder in (
+        ("dataset", "three-class-dataset"),
+        ("percentile", "three-class-percentile"),
+    ):
+        meta = read_metadata(out / "dsb2018-dev" / folder / "best.safetensors")
+        assert is_percentile(meta["normalization"]) is (method == "percentile")
+    # a step budget replaces the time budget; the quick run's own settings win
+    assert recipe.FULL.pixelwise_options(30.0, 500) == {"steps": 500, "max_minutes": None}
+    assert recipe.FULL.pixelwise_options(30.0) == {"max_minutes": 30.0}
+    assert recipe.QUICK.pixelwise_options(30.0, 500)["steps"] == 4

@@ -103,10 +103,10 @@ def test_streamed_blocks_use_the_whole_image_levels(monkeypatch: pytest.MonkeyPa
     )
 
 
-def test_runs_default_to_moments_and_take_percentiles_when_asked() -> None:
-    assert TrainConfig(data="d", instances=True).normalize == "dataset"
+def test_objects_default_to_percentiles_classes_to_moments() -> None:
+    assert TrainConfig(data="d", instances=True).normalize == "percentile"
     assert TrainConfig(data="d").normalize == "dataset"
-    assert TrainConfig(data="d", instances=True, normalize="percentile").normalize == "percentile"
+    assert TrainConfig(data="d", instances=True, normalize="dataset").normalize == "dataset"
     with pytest.raises(ValueError, match="normalize must be one of 'dataset', 'percentile'"):
         TrainConfig(data="d", normalize="minmax").check()
 

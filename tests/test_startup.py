@@ -20,11 +20,9 @@ HEAVY = ("matplotlib", "skimage", "onnx", "onnxruntime", "sympy", "torch._dynamo
 """Modules no command needs before it runs (plotting, scikit-image, export, torch.compile)."""
 
 
-def _imported(code: str) -> set[str]:
-    """The modules of HEAVY (and torch) that a fresh interpreter has imported after `code`."""
-    probe = (
-        f"{code}\nimport sys\nprint(' '.join(m for m in {(*HEAVY, 'torch')!r} if m in sys.modules))"
-    )
+def _imported(code: str, modules: tuple[str, ...] = (*HEAVY, "torch")) -> set[str]:
+    """The `modules` (default: HEAVY and torch) a fresh interpreter has imported after `code`."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {modules!r} if m in sys.modules))"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
@@ -37,6 +35,15 @@ def test_import_pixelwise_loads_nothing_heavy():
 
 def test_the_command_line_parser_imports_no_plotting_or_image_libraries():
     assert _imported("from pixelwise.cli import build_parser\nbuild_parser()") == {"torch"}
+
+
+def test_only_the_train_command_builds_the_training_options():
+    # TrainConfig's import loads the training stack and scipy (0.3-0.4 s): predict skips it
+    parse = "build_parser('{0}').parse_args(['{0}', 'run/best.safetensors', 'a.png', '--out', 'o'])"
+    code = "from pixelwise.cli import build_parser\n"
+    stack = ("pixelwise.train", "scipy")
+    assert _imported(code + parse.format("predict"), stack) == set()
+    assert _imported(code + "build_parser()", stack) == set(stack)  # --help and the like
 
 
 def test_the_predict_path_imports_no_plotting_library():

@@ -622,3 +622,21 @@ def test_closing_iter_predict_stops_it_and_restores_the_model():
     steps.close()
     hook.remove()
     assert model.training and len(forwards) == 1  # no further tile ran
+
+
+@pytest.mark.parametrize("training_format", [torch.contiguous_format, torch.channels_last])
+def test_predict_leaves_the_model_in_its_memory_format(training_format):
+    # a one-channel model's first weight, (K, 1, 3, 3), is contiguous in both layouts: predict
+    # must not take a channels_last model for an NCHW one and convert it back to NCHW
+    model = UNet(1, 2, base_channels=4, depth=2, padding="same").to(memory_format=training_format)
+    image = np.random.default_rng(0).standard_normal((40, 40)).astype(np.float32)
+    for channels_last in (None, True, False):
+        predict(model, image, channels_last=channels_last)
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert all(p.is_contiguous(memory_format=training_format) for p in weights)
+        distinct = [p for p in weights if p.shape[1] > 1 and p[0, 0].numel() > 1]
+        other = (
+            torch.channels_last if training_format == torch.contiguous_format
+            else torch.contiguous_format
+        )  # fmt: skip
+        assert distinct and not any(p.is_contiguous(memory_format=other) for p in distinct)

@@ -649,8 +649,15 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_data_check)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `pixelwise` parser: one sub-parser per command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `pixelwise` parser: one sub-parser per command.
+
+    Args:
+        command: the command about to be parsed (`_command_of`), or None for all. The train
+            sub-parser's options come from `pixelwise.train.TrainConfig`, whose import loads
+            the whole training stack (scipy included, 0.3-0.4 s): they are added only when
+            `command` is "train" or None.
+    """
     parser = argparse.ArgumentParser(
         prog="pixelwise",
         description="Per-pixel segmentation with FCN and U-Net.",
@@ -664,7 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
     _add_demo_parser(sub)
     p = sub.add_parser("train", help="train a model on a labelled dataset")
-    _add_train_options(p)
+    if command in (None, "train"):
+        _add_train_options(p)
     p.set_defaults(func=_cmd_train)
     _add_predict_parser(sub)
     _add_export_parser(sub)
@@ -735,9 +743,16 @@ def _resolve_checkpoint_arg(args: argparse.Namespace) -> None:
         args.checkpoint = str(path)
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command `argv` starts with (`pixelwise predict ...` → "predict"), or None when it
+    starts with an option (`pixelwise --help`): then the parser is built whole."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     try:
         _resolve_checkpoint_arg(args)

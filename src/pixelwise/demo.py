@@ -132,6 +132,9 @@ def _config(
         val_fraction=0.125,
         val_every=steps if quick else max(steps // 5, 1),
         rotation=180.0,
+        # the synthetic images share one intensity range, which the dataset moments keep (the
+        # instance default, per-image percentiles, scored three-class 0.792 against 0.860 here)
+        normalize="dataset",
         seed=seed,
         **options,
     )

@@ -368,8 +368,15 @@ def _inference_setup(
     target = torch.device(device) if device is not None else home
     if channels_last is None:
         channels_last = target.type == "cpu"
-    weight = next((p for p in params if p.dim() == 4), None)
-    convert = channels_last and weight is not None and weight.is_contiguous()
+    # a weight whose two layouts differ: a (K, 1, 3, 3) or (K, C, 1, 1) one is contiguous in both
+    weight = next(
+        (p for p in params if p.dim() == 4 and p.shape[1] > 1 and p[0, 0].numel() > 1), None
+    )
+    convert = (
+        channels_last
+        and weight is not None
+        and not weight.is_contiguous(memory_format=torch.channels_last)
+    )
     was_training = model.training
     try:
         model.eval()

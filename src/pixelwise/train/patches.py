@@ -265,12 +265,14 @@ class PatchLoader:
         world_size: int = 1,
         workers: int = 0,
         seed: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size > 1:  # the dataset checked one patch (and warned); the batch holds more
             check_patch_memory(
                 patches.base, patches.tile, patches.margin, batch_size=batch_size, warn=False
             )
         self.patches, self.batch_size, self.workers, self.seed = patches, batch_size, workers, seed
+        self.pin_memory = pin_memory
         self.sampler = DistributedSampler(
             patches, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
@@ -289,6 +291,7 @@ class PatchLoader:
                 sampler=_ListSampler(indices),
                 drop_last=True,
                 num_workers=self.workers,
+                pin_memory=self.pin_memory,
                 # its own generator, so creating the loader leaves the global RNG untouched
                 generator=torch.Generator().manual_seed(self.seed),
             )

@@ -35,7 +35,7 @@ from pixelwise.precision import resolve_precision
 from pixelwise.train.config import TrainConfig
 from pixelwise.train.datasets import split_datasets
 from pixelwise.train.logs import open_tensorboard, read_log
-from pixelwise.train.optim import load_optimizer_state, make_optimizer
+from pixelwise.train.optim import load_optimizer_state, make_optimizer, place_optimizer_state
 from pixelwise.train.patches import PatchDataset, PatchLoader, patch_geometry
 from pixelwise.train.state import Run, TrainState
 
@@ -115,13 +115,15 @@ def set_up(
         model=model,
         net=place_model(model, cfg, context, device),
         optimizer=optimizer,
-        loader=make_loader(cfg, train_ds, model, tile, context),
+        loader=make_loader(cfg, train_ds, model, tile, context, device),
         loss_fn=SegmentationLoss(cfg.loss, ignore_index=cfg.ignore_index, reduction=cfg.reduction),
         scaler=torch.amp.GradScaler(enabled=precision.name == "fp16" and device.type == "cuda"),
         autocast=precision.dtype,
         val_ds=val_ds,
         meta=_checkpoint_meta(cfg, train_ds),
     )
+    if resume:
+        place_optimizer_state(optimizer)  # after place_model: the parameters' device and format
     if context.main:
         state.history = read_log(run.out / "log.csv", state.step)
         run.writer = open_tensorboard(run.out)
@@ -300,8 +302,10 @@ def make_loader(
     model: nn.Module,
     tile: int,
     context: DistributedContext,
+    device: torch.device,
 ) -> PatchLoader:
-    """This rank's augmented patches of `tile` px, batched by step."""
+    """This rank's augmented patches of `tile` px, batched by step; in pinned (page-locked)
+    memory when they go to a CUDA device, so that the copy runs asynchronously."""
     augment = None
     if cfg.augment:
         augment = Augment(
@@ -325,6 +329,7 @@ def make_loader(
         world_size=context.world_size,
         workers=cfg.workers,
         seed=cfg.seed,
+        pin_memory=device.type == "cuda",
     )
 
 
