@@ -13,6 +13,11 @@
   as logits, so a test controls the predicted probabilities exactly.
 * `random_fcn()`: a seeded narrow FCN-8s (3 channels, 3 classes) whose score layers are
   randomised (they start at zero), so its outputs vary.
+* `reference_cpu` (every test): precision "auto" resolves as on the reference machine (AVX2,
+  no native bf16: fp32), whatever CPU runs the suite, so a test comparing a default prediction
+  or training run with the fp32 engine holds on an AVX-512 BF16 machine too. Tests of the
+  automatic choice fake their own flags (tests/test_precision.py); `@pytest.mark.real_cpu`
+  sees the machine's.
 * `instance_checkpoint`: a saved three-class instance checkpoint of `instance_unet()` (random
   weights that make tens of objects of a textured image) with `INSTANCE_NORM` normalisation and
   the default post-processing.
@@ -21,7 +26,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,7 +35,9 @@ import pytest
 import torch
 from torch import nn
 
+from pixelwise import precision
 from pixelwise.models import FCN, UNet
+from pixelwise.precision import cpu_flags as machine_cpu_flags  # the real one, before the patch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -38,6 +45,25 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
+
+REFERENCE_CPU_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma"})
+"""The flags precision "auto" sees in the tests: the reference machine's AVX2 CPU."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def reference_cpu() -> Iterator[None]:
+    """Precision "auto" as on the reference CPU (module doc); session-wide, so that module and
+    session fixtures (trained runs, predicted folders) see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_flags", lambda: REFERENCE_CPU_FLAGS)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def real_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked `real_cpu` sees this machine's CPU flags."""
+    if request.node.get_closest_marker("real_cpu") is not None:
+        monkeypatch.setattr(precision, "cpu_flags", machine_cpu_flags)
 
 
 @pytest.fixture

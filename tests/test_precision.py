@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import pixelwise
-from conftest import write_disc_dataset
+from conftest import REFERENCE_CPU_FLAGS, write_disc_dataset
 from pixelwise import precision as precision_module
 from pixelwise.checks import InputWarning
 from pixelwise.cli import build_parser, main, train_config_from_args
@@ -29,7 +29,7 @@ from pixelwise.tiling import predict
 from pixelwise.train import TrainConfig, train, train_step
 from pixelwise.train.setup import set_up
 
-AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX2 = REFERENCE_CPU_FLAGS
 """The flags of a CPU without native bf16 (this project's 2-core EPYC)."""
 AVX512_BF16 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16"}
 SAPPHIRE_RAPIDS = AVX512_BF16 | {"amx_tile", "amx_bf16", "amx_int8", "avx512_fp16"}
@@ -92,6 +92,7 @@ def test_explicit_precision_is_kept_and_emulated_cpu_precision_warns():
         resolve_precision("int8", "cpu")
 
 
+@pytest.mark.real_cpu
 def test_cpu_flags_hold_what_torch_reports():
     reported = {k for k, v in torch.cpu.get_capabilities().items() if v is True}
     assert reported <= cpu_flags()
