@@ -96,6 +96,7 @@ def _train_argv(data: Path, out: Path, *, steps: int = 6) -> list[str]:
         "--batch-size", "2", "--patch-size", "16", "--model-arg", "base_channels=4",
         "--model-arg", "depth=3", "--model-arg", "dropout=0.2", "--optimizer", "sgd",
         "--momentum", "0.9", "--lr", "0.05", "--seed", "3", "--no-progress",
+        "--precision", "fp32",  # the subprocesses see this CPU, not conftest's reference_cpu
     ]  # fmt: skip
 
 
