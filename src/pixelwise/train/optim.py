@@ -104,19 +104,3 @@ def load_optimizer_state(
         pid, name = key.split("/", 1)
         state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def place_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Give each per-parameter state tensor (Adam's moments, SGD's momentum) its parameter's
-    device and memory format.
-
-    `load_optimizer_state` runs before the model moves to its device (`place_model`), so the
-    restored state would stay on the CPU beside CUDA parameters, which the optimiser's step
-    refuses; placed like the parameters, the resumed run continues as the saved one would.
-    """
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for name, value in state.items():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -35,7 +35,7 @@ from pixelwise.precision import resolve_precision
 from pixelwise.train.config import TrainConfig
 from pixelwise.train.datasets import split_datasets
 from pixelwise.train.logs import open_tensorboard, read_log
-from pixelwise.train.optim import load_optimizer_state, make_optimizer, place_optimizer_state
+from pixelwise.train.optim import load_optimizer_state, make_optimizer
 from pixelwise.train.patches import PatchDataset, PatchLoader, patch_geometry
 from pixelwise.train.state import Run, TrainState
 
@@ -103,6 +103,8 @@ def set_up(
     if cfg.init and not resume:
         log(initialize_from(model, cfg.init))
     tile, label = patch_geometry(model, cfg.patch_size)
+    # placed first: a restored optimiser state then loads onto its parameters' device
+    net = place_model(model, cfg, context, device)
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     state = restore(last_path, model, optimizer) if resume else TrainState()
     if resume:
@@ -113,7 +115,7 @@ def set_up(
         context=context,
         device=device,
         model=model,
-        net=place_model(model, cfg, context, device),
+        net=net,
         optimizer=optimizer,
         loader=make_loader(cfg, train_ds, model, tile, context, device),
         loss_fn=SegmentationLoss(cfg.loss, ignore_index=cfg.ignore_index, reduction=cfg.reduction),
@@ -122,8 +124,6 @@ def set_up(
         val_ds=val_ds,
         meta=_checkpoint_meta(cfg, train_ds),
     )
-    if resume:
-        place_optimizer_state(optimizer)  # after place_model: the parameters' device and format
     if context.main:
         state.history = read_log(run.out / "log.csv", state.step)
         run.writer = open_tensorboard(run.out)
