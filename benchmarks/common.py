@@ -206,6 +206,27 @@ def median_seconds(fn: Callable[[], Any], *, repeats: int, warmup: int) -> float
     return time_calls(fn, repeats=repeats, warmup=warmup).seconds
 
 
+class CliRun(NamedTuple):
+    """What `cli_seconds` measured."""
+
+    seconds: float  # median wall time of one command, Python start included
+    returncode: int  # the last run's exit status
+    output: str  # the last run's stdout and stderr
+
+
+def cli_seconds(argv: Sequence[str], *, repeats: int, env: dict[str, str] | None = None) -> CliRun:
+    """Median wall seconds of `python -m pixelwise ARGV` in a fresh process, after one untimed
+    run (it fills the file caches), and the last run's exit status and output."""
+    command = [sys.executable, "-m", "pixelwise", *argv]
+    times, done = [], None
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        if i:
+            times.append(time.perf_counter() - start)
+    return CliRun(statistics.median(times), done.returncode, done.stdout + done.stderr)
+
+
 class WorkerFailed(RuntimeError):
     """A benchmark worker exited non-zero or ran past its time limit."""
 

@@ -46,7 +46,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import Run, WorkerFailed, make_parser, parse_args, run_worker, write_results
+from common import (
+    Run,
+    WorkerFailed,
+    cli_seconds,
+    make_parser,
+    parse_args,
+    run_worker,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MATCHED = dict(base_channels=32, depth=5, padding="same", batch_norm=True)
@@ -460,17 +468,12 @@ def _cli_predict(table: Table, quick: bool, tmp: Path) -> None:
             env = dict(os.environ)
             if path is not None:
                 env["PYTHONPATH"] = path  # before the editable install's src on sys.path
-            argv = [sys.executable, "-m", "pixelwise", "predict", str(ckpt), str(images[n]),
-                    "--out", str(tmp / "predicted"), "--no-progress"]  # fmt: skip
-            times = []
-            for i in range(repeats + 1):  # the first fills the file caches
-                start = time.perf_counter()
-                done = subprocess.run(argv, capture_output=True, text=True, env=env)
-                if i:
-                    times.append(time.perf_counter() - start)
-            note = "" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-120:]}"
+            argv = ["predict", str(ckpt), str(images[n]), "--out", str(tmp / "predicted"),
+                    "--no-progress"]  # fmt: skip
+            done = cli_seconds(argv, repeats=repeats, env=env)
+            note = "" if done.returncode == 0 else f"exit {done.returncode}: {done.output[-120:]}"
             table.add("4 pixelwise predict (wall, with Python start)", tree, f"{n}²",
-                      statistics.median(times), note, base=f"cli{n}", repeats=repeats)  # fmt: skip
+                      done.seconds, note, base=f"cli{n}", repeats=repeats)  # fmt: skip
 
 
 def main(quick: bool, run: Run) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import Run, make_parser, median_seconds, parse_args, run_worker
+from common import Run, cli_seconds, make_parser, median_seconds, parse_args, run_worker
 from references import whole_image_probs
 
 THREADS = 2
@@ -242,20 +242,12 @@ def _save_checkpoint(arch: dict, state: str, path: Path) -> str:
 
 def _cli_seconds(ckpt: str, image: Path, out: Path, repeats: int) -> tuple[float, str]:
     """Median wall seconds of `pixelwise predict CKPT IMAGE --out OUT` (defaults) in a fresh
-    process after one untimed run (file caches), and the run header (its precision line)."""
-    import statistics
-    import subprocess
-
-    argv = [sys.executable, "-m", "pixelwise", "predict", ckpt, str(image), "--out", str(out),
-            "--no-progress"]  # fmt: skip
-    times, header = [], ""
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, check=True)
-        if i:
-            times.append(time.perf_counter() - t0)
-        header = (done.stdout + done.stderr).strip().splitlines()[0]
-    return statistics.median(times), header
+    process (`cli_seconds`), and the run header (its precision line)."""
+    run = cli_seconds(["predict", ckpt, str(image), "--out", str(out), "--no-progress"],
+                      repeats=repeats)  # fmt: skip
+    if run.returncode:
+        raise RuntimeError(f"pixelwise predict failed: {run.output[-500:]}")
+    return run.seconds, run.output.strip().splitlines()[0]
 
 
 def _class_map_agreement(path: Path, reference: str) -> float:

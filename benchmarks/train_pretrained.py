@@ -1,6 +1,6 @@
 """Recipe: the shipped nuclei model (`pixelwise.pretrained("nuclei")`), trained on CC0 data only.
 
-    python benchmarks/train_pretrained.py ../shared/data/dsb2018-dev --steps 3000  # 2 cores, bf16: ~40 min
+    python benchmarks/train_pretrained.py ../shared/data/dsb2018-dev  # 3000 steps; see README
     python benchmarks/train_pretrained.py DATA --reuse     # package OUT/run again, no training
 
 What it does, with a fixed seed (issue 17):

@@ -463,6 +463,53 @@ def test_memory_is_bounded_by_tiles_and_bands(
     assert 0.2 < labels.mean() < 0.8
 
 
+def test_automatic_streamed_tiles_fit_the_budget_with_their_row_bands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a tile size, a streamed image gets the tile whose batch and held output rows fit
+    the budget: the largest pending bands measured in the run stay within the rows counted for
+    them (output rows + two partial bands), so a wider image gets shorter tiles; the class map
+    still equals the in-memory one."""
+    monkeypatch.setitem(Outputs.__init__.__kwdefaults__, "chunk_size", 32)
+    model, budget_mb = _Threshold(), 0.5
+    per_pixel = pixelwise.tiling.tile_bytes_per_pixel(model, 1)  # 4 + 2·4 + 2·4 + 8 = 28
+    assert per_pixel == 28
+    tiles: list[tuple[int, int]] = []
+    pending: list[int] = []
+    real_predict, real_setitem = pixelwise.tiling.predict, BandWriter.__setitem__
+
+    def recording_predict(model: Any, image: Any, *, options: PredictOptions, **kw: Any) -> Any:
+        tiles.append(options.tile_size)
+        return real_predict(model, image, options=options, **kw)
+
+    def recording_setitem(self: BandWriter, key: Any, values: Any) -> None:
+        real_setitem(self, key, values)
+        pending.append(self.pending_bytes)
+
+    monkeypatch.setattr(pixelwise.tiling, "predict", recording_predict)
+    monkeypatch.setattr(BandWriter, "__setitem__", recording_setitem)
+    heights = {}
+    for width in (1024, 4096):
+        source = tmp_path / f"wide{width}.tif"
+        tifffile.imwrite(source, _smooth(300, width, 5), tile=(64, 64), compression="zlib")
+        tiles.clear(), pending.clear()
+        options = PredictOptions(memory_budget_mb=budget_mb, device="cpu", progress=False)
+        common = dict(options=options, output_format="tif", log=None)
+        assert predict_files(model, [source], tmp_path / f"s{width}", stream_pixels=100,
+                             **common).ok  # fmt: skip
+        (height, tile_width), held = tiles[0], max(pending)
+        rows = model.output_size(height) + 2 * 32
+        assert held <= width * rows  # uint8 class map: width bytes per row
+        assert per_pixel * height * tile_width + width * rows <= budget_mb * 2**20
+        heights[width] = height
+        assert predict_files(model, [source], tmp_path / f"m{width}", **common).ok
+        np.testing.assert_array_equal(
+            tifffile.imread(tmp_path / f"s{width}" / source.name),
+            tifffile.imread(tmp_path / f"m{width}" / source.name),
+        )
+    assert heights[4096] < heights[1024]
+
+
 def test_streamed_instances_to_ome_zarr_equal_the_in_memory_instances(tmp_path: Path) -> None:
     """An instance model streamed to OME-Zarr: instances/<name>.ome.zarr is a label image
     holding the in-memory run's objects (and the tables are written)."""

@@ -458,19 +458,31 @@ def test_activation_bytes_per_pixel_hand_count(padding):
     assert activation_bytes_per_pixel(model, 1, element_size=2) == (12 + 2 + 1) * 2
 
 
-def test_choose_tile_size_is_optimal_within_budget():
+@pytest.mark.parametrize(("batch_size", "row_bytes"), [(1, 0.0), (2, 0.0), (1, 150.0)])
+def test_choose_tile_size_is_optimal_within_budget(batch_size, row_bytes):
+    """Brute force over every tile pair: the choice fits the budget (the batch's tiles plus,
+    with row_bytes, the rows held by row bands of 16: output rows + 2 · 16) and computes the
+    fewest pixels among those that do."""
     model = _unet(3)  # margin 20, stride 4
     shape, per_pixel, budget = (150, 97), 10.0, 10.0 * 80 * 80
-    chosen = choose_tile_size(shape, model, bytes_per_pixel=per_pixel, budget_bytes=budget)
+    chosen = choose_tile_size(shape, model, bytes_per_pixel=per_pixel, budget_bytes=budget,
+                              batch_size=batch_size, row_bytes=row_bytes, band_rows=16)  # fmt: skip
 
     def work(pair):
         tiles = plan_tiles(shape, model, pair)
         return len(tiles) * tiles[0].height * tiles[0].width
 
+    def memory(pair):
+        rows = model.output_size(pair[0]) + 2 * 16
+        return batch_size * pair[0] * pair[1] * per_pixel + (row_bytes * rows if row_bytes else 0)
+
     usable = [n for n in model.valid_input_sizes(1, 200) if model.output_size(n) >= 4]
-    fitting = [p for p in itertools.product(usable, usable) if p[0] * p[1] * per_pixel <= budget]
-    assert chosen[0] * chosen[1] * per_pixel <= budget
+    fitting = [p for p in itertools.product(usable, usable) if memory(p) <= budget]
+    assert memory(chosen) <= budget
     assert work(chosen) == min(work(p) for p in fitting)
+    if row_bytes:  # the rows cost: a shorter tile than without them
+        free = choose_tile_size(shape, model, bytes_per_pixel=per_pixel, budget_bytes=budget)
+        assert chosen[0] < free[0]
 
 
 def test_choose_tile_size_not_larger_than_needed():

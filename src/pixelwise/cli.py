@@ -545,7 +545,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         "--memory-budget",
         type=float,
         metavar="MB",
-        help="activation memory of one tile batch; sets the automatic tile size (default: 1024)",
+        help="memory of one tile batch (and, for streamed images, the output rows held); sets "
+        "the automatic tile size (default: 1024; streamed images 512)",
     )
     _add_precision_option(p)
     p.add_argument(

@@ -122,6 +122,15 @@ class Outputs:
         return self.probs or self.wants_objects
 
     @property
+    def streamed_bytes_per_pixel(self) -> int:
+        """Bytes per pixel of the map a streamed image's tiles are written into, through row
+        bands: the float32 probabilities when they are written or made into objects (the
+        class map is then made from them band by band), else the class map."""
+        if self.probs or self.streams_instances:
+            return 4 * self.num_classes
+        return np.dtype(self.label_dtype).itemsize
+
+    @property
     def ome_zarr(self) -> bool:
         return self.output_format == "ome-zarr"
 

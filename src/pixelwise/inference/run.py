@@ -48,6 +48,12 @@ from pixelwise.tiling import PredictOptions
 STREAM_PIXELS = 4096 * 4096
 """Images with more pixels than this are streamed (read and written region by region)."""
 
+STREAM_MEMORY_BUDGET_MB = 512.0
+"""Default memory budget of a streamed image (when `memory_budget_mb` is None): the tile batch
+(`pixelwise.tiling.tile_bytes_per_pixel`) plus the output rows its row bands hold. Measured by
+benchmarks/large_images.py: peak RSS flat as the image grows, and no slower than larger tiles
+on a CPU (a smaller tile stays in cache)."""
+
 
 @dataclass(frozen=True)
 class _Run:
@@ -341,8 +347,9 @@ def _predict_streamed(
     segmenter = run.segmenter
     view = NormalizedImage(image, segmenter.normalization, here)
     view[:, :1, :1]  # checks dtype and normalisation on one pixel before any work
-    _, height, width = view.shape
-    model, options = segmenter.model, segmenter.options
+    channels, height, width = view.shape
+    model = segmenter.model
+    options = _streamed_options(model, segmenter.options, run.outputs, channels, (height, width))
 
     def fill(labels: np.ndarray, probs: np.ndarray | None) -> None:
         if probs is None:
@@ -362,3 +369,32 @@ def _predict_streamed(
         note=lambda line: log.note(f"{here}: {line}"),
         pixel_size=getattr(image, "pixel_size", None),
     )
+
+
+def _streamed_options(
+    model: nn.Module,
+    options: PredictOptions,
+    outputs: Outputs,
+    channels: int,
+    shape: tuple[int, int],
+) -> PredictOptions:
+    """`options` with a streamed image's automatic tile size: the one that computes the fewest
+    pixels while the tile batch and the rows its outputs' row bands hold fit the budget
+    (`memory_budget_mb`, or `STREAM_MEMORY_BUDGET_MB`); one tile per batch unless one was
+    given. A tile size that was given is kept."""
+    if options.tile_size is not None:
+        return options
+    element_size = 4 if options.autocast is None else 2
+    budget = options.memory_budget_mb or STREAM_MEMORY_BUDGET_MB
+    batch_size = options.batch_size or 1
+    tile_size = tiling.choose_tile_size(
+        shape,
+        model,
+        bytes_per_pixel=tiling.tile_bytes_per_pixel(model, channels, element_size=element_size),
+        budget_bytes=budget * 2**20,
+        halo=options.halo,
+        batch_size=batch_size,
+        row_bytes=shape[1] * outputs.streamed_bytes_per_pixel,
+        band_rows=outputs.chunk_size,
+    )
+    return replace(options, tile_size=tile_size, batch_size=batch_size)

@@ -18,7 +18,8 @@ All sizes come from the models' geometry API (`pixelwise.models.Geometry`: `marg
 arithmetic. The package, in the order data flows through it:
 
 * `plan`: mirror index maps (`source_index`) and tile plans (`plan_axis`, `plan_tiles`), pure;
-* `memory`: the activation-memory estimate and the automatic tile size (`choose_tile_size`);
+* `memory`: the memory estimate of a tile (`tile_bytes_per_pixel`) and the automatic tile size
+  (`choose_tile_size`);
 * `options`: `PredictOptions`, the one options object, validated once;
 * `engine`: `predict`, which reads, runs and stitches the tiles (`iter_predict`: the same as a
   generator of `Progress`, for progress bars and cancellation).
@@ -31,6 +32,7 @@ from pixelwise.tiling.memory import (
     DEFAULT_MEMORY_BUDGET_MB,
     activation_bytes_per_pixel,
     choose_tile_size,
+    tile_bytes_per_pixel,
 )
 from pixelwise.tiling.options import TTA_MODES, PredictOptions
 from pixelwise.tiling.plan import (
@@ -60,4 +62,5 @@ __all__ = [
     "plan_tiles",
     "predict",
     "source_index",
+    "tile_bytes_per_pixel",
 ]

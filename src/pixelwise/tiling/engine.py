@@ -27,7 +27,11 @@ from tqdm import tqdm
 
 from pixelwise.checks import check_choice
 from pixelwise.precision import AUTOCAST_DTYPES
-from pixelwise.tiling.memory import activation_bytes_per_pixel, choose_tile_size
+from pixelwise.tiling.memory import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    choose_tile_size,
+    tile_bytes_per_pixel,
+)
 from pixelwise.tiling.options import PredictOptions
 from pixelwise.tiling.plan import Tile, plan_tiles, source_index
 
@@ -172,20 +176,21 @@ def _plan(
     model: nn.Module, shape: tuple[int, int], channels: int, options: PredictOptions
 ) -> tuple[list[Tile], int]:
     """The tiles of an image of `shape` = (H, W) and the tiles per batch: the options' sizes, or
-    those that fit `options.memory_budget_mb`."""
-    budget = options.memory_budget_mb * 2**20
+    those that fit `options.memory_budget_mb` (None: `DEFAULT_MEMORY_BUDGET_MB`)."""
+    budget = (options.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB) * 2**20
     tile_size, batch_size = options.tile_size, options.batch_size
     per_pixel = 0.0  # bytes per input pixel, estimated only when a size is automatic
     if tile_size is None or batch_size is None:
         element_size = 4 if options.autocast is None else 2
-        per_pixel = activation_bytes_per_pixel(model, channels, element_size=element_size)
+        per_pixel = tile_bytes_per_pixel(model, channels, element_size=element_size)
     if tile_size is None:
         tile_size = choose_tile_size(
             shape,
             model,
             bytes_per_pixel=per_pixel,
-            budget_bytes=budget / (batch_size or 1),
+            budget_bytes=budget,
             halo=options.halo,
+            batch_size=batch_size or 1,
         )
     tiles = plan_tiles(shape, model, tile_size, halo=options.halo)
     if batch_size is None:

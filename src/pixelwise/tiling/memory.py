@@ -1,9 +1,10 @@
-"""Automatic tile size: the activation-memory estimate and the tile size that fits a budget.
+"""Automatic tile size: the memory estimate of a tile and the tile size that fits a budget.
 
 `predict` chooses the tile size and batch size here when they are not given: the estimate
-(`activation_bytes_per_pixel`) comes from shape-only forward passes (a batch of zero tiles, or on
-the meta device); the choice (`choose_tile_size`) is the tiling that computes the fewest pixels
-within the budget.
+(`tile_bytes_per_pixel`: the activations, from shape-only forward passes on a batch of zero
+tiles or on the meta device, plus the tile's own input and output buffers); the choice
+(`choose_tile_size`) is the tiling that computes the fewest pixels within the budget, counting
+the output rows a streamed image holds (`pixelwise.inference.bands`) where there are any.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pixelwise.models import Geometry
 from pixelwise.tiling.plan import plan_axis, resolve_halo, smallest_valid
 
 DEFAULT_MEMORY_BUDGET_MB = 1024.0
-"""Default bound on the estimated activation memory of one tile batch (see
-`activation_bytes_per_pixel`, which over-estimates the live peak by ~1.4× for U-Net)."""
+"""Default bound on the estimated memory of one tile batch (`tile_bytes_per_pixel`) when the
+image and its outputs are in memory. Streamed images have their own, smaller default
+(`pixelwise.inference.STREAM_MEMORY_BUDGET_MB`), which also counts the output rows held."""
 
 
 def activation_bytes_per_pixel(
@@ -61,6 +63,22 @@ def activation_bytes_per_pixel(
     for (c, h1, w1), (_, h2, w2) in zip(shapes[n1], shapes[n2], strict=True):
         channels += c * ((h2 - h1) / (n2 - n1)) * ((w2 - w1) / (n2 - n1))
     return channels * element_size
+
+
+def tile_bytes_per_pixel(model: nn.Module, in_channels: int, *, element_size: int = 4) -> float:
+    """Estimated memory per input pixel of a tile being predicted, in bytes: the activations
+    (`activation_bytes_per_pixel`) plus the tile's own buffers, which stay float32 under
+    autocast: its input as read from the image and its channels_last copy (2 × 4 bytes per
+    channel), the float32 scores (4 bytes per class) and their int64 argmax (8 bytes).
+
+    Worked example, the tiny valid U-Net of benchmarks/large_images.py (1 channel, 3 classes,
+    bf16 autocast): activations 72 B, buffers 8 + 12 + 8 = 28 B, 100 B per pixel. Measured,
+    its streamed 16384² run with 2088 × 3320 tiles peaked 676 MB above the process before any
+    pixel, 98 B per tile pixel (row bands included); the activations alone under-count it.
+    """
+    classes = int(getattr(model, "hparams", {}).get("num_classes", in_channels))
+    buffers = 2 * 4 * in_channels + 4 * classes + 8
+    return activation_bytes_per_pixel(model, in_channels, element_size=element_size) + buffers
 
 
 _Forward = Callable[[int, int], None]
@@ -124,15 +142,25 @@ def choose_tile_size(
     bytes_per_pixel: float,
     budget_bytes: float,
     halo: int | None = None,
+    batch_size: int = 1,
+    row_bytes: float = 0.0,
+    band_rows: int = 0,
 ) -> tuple[int, int]:
     """The (height, width) input tile size that computes the fewest pixels within a memory budget.
 
     For each axis, every tile count is paired with the smallest valid tile size that covers the
-    axis with that many tiles; among all (rows, cols) pairs whose tile fits `budget_bytes`
-    (`bytes_per_pixel`·height·width), the one with the fewest computed input pixels in total
-    (ties: fewer tiles) wins. An image that fits is done in a single tile: the least work and
-    exact for every model. Never larger than needed to cover the image. If even the smallest
-    usable tile exceeds the budget, it is used anyway.
+    axis with that many tiles; among all (rows, cols) pairs whose memory fits `budget_bytes`,
+    the one with the fewest computed input pixels in total (ties: fewer tiles) wins. An image
+    that fits is done in a single tile: the least work and exact for every model. Never larger
+    than needed to cover the image. If even the smallest usable tile exceeds the budget, it is
+    used anyway.
+
+    The memory of a tile size (h, w) is `batch_size` tiles of `bytes_per_pixel`·h·w, plus, for
+    an image streamed into row bands (`row_bytes` > 0: the bytes every output holds per image
+    row, i.e. the width times the bytes per pixel of all outputs), the rows the bands hold:
+    the tile's output rows and up to two partial bands of `band_rows` above and below,
+    `row_bytes`·(output_size(h) + 2·band_rows). Wide images thus get shorter tiles and the
+    total stays within the budget as the image grows.
     """
     halo = resolve_halo(model, halo)
     per_axis = [_axis_options(length, model, halo) for length in shape]
@@ -145,8 +173,14 @@ def choose_tile_size(
     def area(pair: tuple[tuple[int, int], tuple[int, int]]) -> int:
         return pair[0][0] * pair[1][0]
 
-    fits = [p for p in pairs if bytes_per_pixel * area(p) <= budget_bytes]
-    best = min(fits, key=work) if fits else min(pairs, key=lambda p: (area(p), work(p)))
+    def memory(pair: tuple[tuple[int, int], tuple[int, int]]) -> float:
+        tiles = batch_size * bytes_per_pixel * area(pair)
+        if row_bytes <= 0:
+            return tiles
+        return tiles + row_bytes * (model.output_size(pair[0][0]) + 2 * band_rows)
+
+    fits = [p for p in pairs if memory(p) <= budget_bytes]
+    best = min(fits, key=work) if fits else min(pairs, key=lambda p: (memory(p), work(p)))
     return best[0][0], best[1][0]
 
 

@@ -58,8 +58,11 @@ class PredictOptions:
         halo: same-padding models: pixels of each tile's output discarded next to a
             neighbouring tile. None: `default_halo(model)` (the receptive radius rounded up to
             the stride, at most 128). Valid models need none (None or 0).
-        memory_budget_mb: bound on the estimated activation memory of one tile batch
-            (`activation_bytes_per_pixel`), in MiB; sets the automatic tile and batch sizes.
+        memory_budget_mb: bound on the estimated memory of one tile batch
+            (`tile_bytes_per_pixel`: activations and the tile's buffers), in MiB; sets the
+            automatic tile and batch sizes. None: `DEFAULT_MEMORY_BUDGET_MB` (1024) here;
+            `pixelwise.inference.predict_files` gives streamed images 512, counting the
+            output rows they hold.
         autocast: None (float32), "bf16" or "fp16": torch.autocast on the device's type.
         channels_last: run the model and the tiles in channels_last memory format. None: on
             for CPU devices, where oneDNN convolutions run ~1.4× faster in it
@@ -77,7 +80,7 @@ class PredictOptions:
     tta: str | None = None
     pad_mode: str = "reflect"
     halo: int | None = None
-    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+    memory_budget_mb: float | None = None
     autocast: str | None = None
     channels_last: bool | None = None
     device: str | torch.device | None = None
@@ -94,7 +97,7 @@ class PredictOptions:
         check_choice("pad_mode", self.pad_mode, PAD_MODES)
         check_halo(self.halo)
         budget = self.memory_budget_mb
-        if (
+        if budget is not None and (
             isinstance(budget, bool)
             or not isinstance(budget, numbers.Real)
             or not math.isfinite(budget)
@@ -102,8 +105,8 @@ class PredictOptions:
         ):
             raise ValueError(
                 f"memory_budget_mb must be a finite number > 0, got {budget!r}; it bounds the "
-                f"estimated activations of one tile batch, in MiB (default "
-                f"{DEFAULT_MEMORY_BUDGET_MB:g})"
+                f"estimated memory of one tile batch, in MiB (default "
+                f"{DEFAULT_MEMORY_BUDGET_MB:g}; None: the default)"
             )
         check_choice("autocast", self.autocast, (None, *AUTOCAST_DTYPES))
         _check_flag("channels_last", self.channels_last, none="on for CPUs, off elsewhere")
