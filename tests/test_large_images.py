@@ -332,8 +332,8 @@ def test_ome_zarr_in_and_out_equal_the_in_memory_run(
 
 def test_ome_zarr_outputs_open_with_ome_zarr_py_as_labels(tmp_path: Path) -> None:
     """ome-zarr-py's reader finds the multiscale label image: its levels, the label metadata;
-    ome-zarr-models validates it as an NGFF 0.4 image and image-label; napari-ome-zarr, when
-    installed, makes a labels layer of it."""
+    ome-zarr-models validates it as an NGFF 0.4 image and image-label; napari-ome-zarr (the
+    napari extra) makes one labels layer of it: four levels, the pixel size as its scale."""
     reader_module = pytest.importorskip("ome_zarr.reader")
     io_module = pytest.importorskip("ome_zarr.io")
     labels = np.repeat(np.repeat(np.arange(12, dtype=np.uint8).reshape(3, 4), 30, 0), 25, 1)
@@ -358,12 +358,11 @@ def test_ome_zarr_outputs_open_with_ome_zarr_py_as_labels(tmp_path: Path) -> Non
     group = zarr.open_group(str(path), mode="r")
     assert isinstance(models.Image.from_zarr(group), models.Image)
     models.image_label.ImageLabel.from_zarr(group)  # raises unless valid image-label metadata
-    try:
-        from napari_ome_zarr import napari_get_reader
-    except ImportError:
-        return
-    layers = napari_get_reader(str(path))(str(path))
-    assert layers[0][2] == "labels"
+    napari_ome_zarr = pytest.importorskip("napari_ome_zarr")  # in the napari extra
+    ((data, meta, kind),) = napari_ome_zarr.napari_get_reader(str(path))(str(path))
+    assert kind == "labels"
+    assert len(data) == 4 and meta["scale"] == [0.5, 0.5]  # the pyramid, in micrometres
+    np.testing.assert_array_equal(np.asarray(data[0]), labels)
 
 
 def test_interrupted_ome_zarr_write_leaves_nothing(

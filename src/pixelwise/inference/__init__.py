@@ -48,11 +48,13 @@ TIFF / OME-TIFF / BigTIFF through tifffile's zarr store, an OME-Zarr image; `cha
 `level` pick a channel and a pyramid level) and read by region, the network input is normalised
 tile by tile (`NormalizedImage`), and the outputs are written region by region in row bands
 (`bands`) into tiled, compressed (Big)TIFFs or OME-Zarr groups (`ome_zarr`, with
-output_format="ome-zarr"), so memory stays bounded by the tile batch and the bands; the
-input's physical pixel size is carried to the outputs. An instance model's objects are then
-made from the probabilities on disk in overlapping blocks (`pixelwise.inference.blocks`: equal
-to the whole-image objects for objects up to `block_overlap` / 2 pixels across) and their tables
-read in row bands. Overlays, and the connected-component tables of semantic models, need the
+output_format="ome-zarr"), so memory stays bounded by the tile batch and the bands: without
+a tile size, a streamed image's tile is the one whose batch and held band rows fit its budget
+(`STREAM_MEMORY_BUDGET_MB`, 512 MiB, unless `memory_budget_mb` is given), so memory is flat as
+the image grows; the input's physical pixel size is carried to the outputs. An instance
+model's objects are then made from the probabilities on disk in overlapping blocks
+(`pixelwise.inference.blocks`: equal to the whole-image objects for objects up to
+`block_overlap` / 2 pixels across) and their tables read in row bands. Overlays, and the connected-component tables of semantic models, need the
 whole map in memory and are skipped for such images (with a note).
 
 Distributed: with `world_size` processes (e.g. `torchrun --nproc-per-node 4 -m pixelwise predict
@@ -77,7 +79,7 @@ from pixelwise.inference.outputs import (
     PROBS_DIR,
     instance_dtype,
 )
-from pixelwise.inference.run import STREAM_PIXELS, predict_files
+from pixelwise.inference.run import STREAM_MEMORY_BUDGET_MB, STREAM_PIXELS, predict_files
 from pixelwise.inference.summary import Failure, PredictSummary
 from pixelwise.tiling import PredictOptions
 
@@ -89,6 +91,7 @@ __all__ = [
     "OVERLAYS_DIR",
     "OVERLAY_ALPHA",
     "PROBS_DIR",
+    "STREAM_MEMORY_BUDGET_MB",
     "STREAM_PIXELS",
     "BlockObjects",
     "Failure",
