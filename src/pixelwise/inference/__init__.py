@@ -54,8 +54,9 @@ a tile size, a streamed image's tile is the one whose batch and held band rows f
 the image grows; the input's physical pixel size is carried to the outputs. An instance
 model's objects are then made from the probabilities on disk in overlapping blocks
 (`pixelwise.inference.blocks`: equal to the whole-image objects for objects up to
-`block_overlap` / 2 pixels across) and their tables read in row bands. Overlays, and the connected-component tables of semantic models, need the
-whole map in memory and are skipped for such images (with a note).
+`block_overlap` / 2 pixels across) and their tables read in row bands. Overlays, and the
+connected-component tables of semantic models, need the whole map in memory and are skipped
+for such images (with a note).
 
 Distributed: with `world_size` processes (e.g. `torchrun --nproc-per-node 4 -m pixelwise predict
 ...`), rank r processes files[r::world_size]; no process group is needed.
