@@ -88,6 +88,9 @@ class Segmenter:
             "object_diameter" / `diameter` before inference, so its objects come at the size
             the model was trained on, and the probabilities are resized back; the
             post-processing's sizes follow (`PostProcessing.rescaled(1 / scale)`). None: as is.
+            A `postprocessing` given with it is rescaled too, so give its sizes at the
+            checkpoint's scale: replace fields of `postprocessing_from_metadata(meta)`, not of
+            a diameter segmenter's `.postprocessing`, which is already rescaled.
         **option_overrides: `PredictOptions` fields replacing those of `options` (tile_size,
             tta, device, ...).
 
