@@ -384,13 +384,14 @@ def _streamed_options(
     given. A tile size that was given is kept."""
     if options.tile_size is not None:
         return options
-    element_size = 4 if options.autocast is None else 2
     budget = options.memory_budget_mb or STREAM_MEMORY_BUDGET_MB
     batch_size = options.batch_size or 1
     tile_size = tiling.choose_tile_size(
         shape,
         model,
-        bytes_per_pixel=tiling.tile_bytes_per_pixel(model, channels, element_size=element_size),
+        bytes_per_pixel=tiling.tile_bytes_per_pixel(
+            model, channels, element_size=options.element_size
+        ),
         budget_bytes=budget * 2**20,
         halo=options.halo,
         batch_size=batch_size,

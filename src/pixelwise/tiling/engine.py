@@ -181,8 +181,7 @@ def _plan(
     tile_size, batch_size = options.tile_size, options.batch_size
     per_pixel = 0.0  # bytes per input pixel, estimated only when a size is automatic
     if tile_size is None or batch_size is None:
-        element_size = 4 if options.autocast is None else 2
-        per_pixel = tile_bytes_per_pixel(model, channels, element_size=element_size)
+        per_pixel = tile_bytes_per_pixel(model, channels, element_size=options.element_size)
     if tile_size is None:
         tile_size = choose_tile_size(
             shape,

@@ -156,8 +156,8 @@ def choose_tile_size(
     used anyway.
 
     The memory of a tile size (h, w) is `batch_size` tiles of `bytes_per_pixel`·h·w, plus, for
-    an image streamed into row bands (`row_bytes` > 0: the bytes every output holds per image
-    row, i.e. the width times the bytes per pixel of all outputs), the rows the bands hold:
+    an image streamed into row bands (`row_bytes` > 0: the bytes per image row of the map the
+    tiles are written into, i.e. its width times its bytes per pixel), the rows the bands hold:
     the tile's output rows and up to two partial bands of `band_rows` above and below,
     `row_bytes`·(output_size(h) + 2·band_rows). Wide images thus get shorter tiles and the
     total stays within the budget as the image grows.
@@ -174,10 +174,8 @@ def choose_tile_size(
         return pair[0][0] * pair[1][0]
 
     def memory(pair: tuple[tuple[int, int], tuple[int, int]]) -> float:
-        tiles = batch_size * bytes_per_pixel * area(pair)
-        if row_bytes <= 0:
-            return tiles
-        return tiles + row_bytes * (model.output_size(pair[0][0]) + 2 * band_rows)
+        rows_held = model.output_size(pair[0][0]) + 2 * band_rows
+        return batch_size * bytes_per_pixel * area(pair) + row_bytes * rows_held
 
     fits = [p for p in pairs if memory(p) <= budget_bytes]
     best = min(fits, key=work) if fits else min(pairs, key=lambda p: (memory(p), work(p)))

@@ -120,6 +120,11 @@ class PredictOptions:
                     f"'cuda' or 'cuda:1', got {self.device!r}"
                 ) from None
 
+    @property
+    def element_size(self) -> int:
+        """Bytes per activation for the memory estimate: 4 in float32, 2 under autocast."""
+        return 4 if self.autocast is None else 2
+
     @classmethod
     def build(cls, options: PredictOptions | None = None, **overrides: Any) -> PredictOptions:
         """`options` with `overrides` replaced (a new object), or `PredictOptions(**overrides)`.
