@@ -6,7 +6,8 @@
         --targets three-class --normalize dataset percentile    # two normalisations side by side
 
 `--steps N` trains each pixelwise model N steps instead of `--minutes` (a result the machine's
-load does not change); `--no-cellpose` leaves out the cellpose rows.
+load does not change); `--no-cellpose` leaves out the cellpose rows; `--split groups` tests on
+image groups the models never saw (below).
 
 The question (issue 11): which pixelwise training target makes the best objects, and how they
 compare with cellpose 3.1 trained from scratch on the same images for the same CPU minutes.
@@ -16,7 +17,12 @@ Protocol, one table per data set from one run:
 * Data (DATA = ../shared/data). ``dsb2018-dev`` (133 gray images of the 2018 Data Science Bowl
   collection, instance masks): a fixed split, the ids ordered by the SHA-256 of
   ``SPLIT_SALT + id`` and the first ``TEST_FRACTION`` (27 images) held out for testing — it
-  depends on the ids alone, not on file order or machine; the lists are in results.json. The
+  depends on the ids alone, not on file order or machine; the lists are in results.json. With
+  ``--split groups`` the test images are instead every image of the groups `UNSEEN_GROUPS`
+  (the collection's image groups, told apart by image size as in index.csv; 22 images: dim,
+  textured 640×512 nuclei of 37 px, small dense ones of 13 px in 1272×603 and 347×260 frames)
+  and the models train on the other groups: the question of issue 11's held-out groups, whether
+  objects carry over to a microscope and magnification never seen; one row per group. The
   Cell Tracking Challenge nuclei ``nuclei/N2DH-GOWT1`` and ``nuclei/N2DL-HeLa``: as in
   nuclei_weights.py, the last frame of each set (GOWT1 t72, HeLa t79) is held out and one model
   trains on the other 5 + 3 frames; every frame is normalised on its own (percentiles 1 and
@@ -63,6 +69,7 @@ Results go to OUT/results.md and OUT/results.json.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import math
@@ -89,6 +96,9 @@ from pixelwise.train import TrainConfig, train
 DSB = "dsb2018-dev"
 CTC = "nuclei"
 SPLIT_SALT = "pixelwise nuclei_instances split v1:"
+SPLITS = ("ids", "groups")
+UNSEEN_GROUPS = ("347x260", "640x512", "1272x603")
+"""The dsb2018-dev image groups (width x height) that `--split groups` tests on."""
 TEST_FRACTION = 0.2
 CELLPOSE = "cellpose"
 ALL = "all"
@@ -201,15 +211,35 @@ def split_ids(ids: Sequence[str], test_fraction: float = TEST_FRACTION) -> dict[
     return {"train": sorted(order[n_test:]), "test": sorted(order[:n_test])}
 
 
+def image_groups(source: Path) -> dict[str, str]:
+    """id → its image group, "WIDTHxHEIGHT", from dsb2018-dev's index.csv."""
+    with open(source / "index.csv", newline="") as f:
+        return {row["id"]: f"{row['width']}x{row['height']}" for row in csv.DictReader(f)}
+
+
+def split_groups(groups: dict[str, str], held_out: Sequence[str]) -> dict[str, list[str]]:
+    """Every id of the `held_out` groups to test, the others to train; both lists sorted."""
+    unknown = sorted(set(held_out) - set(groups.values()))
+    if unknown:
+        raise ValueError(
+            f"no image of group(s) {unknown}; the groups are {sorted(set(groups.values()))}"
+        )
+    test = sorted(i for i, g in groups.items() if g in held_out)
+    return {"train": sorted(set(groups) - set(test)), "test": test}
+
+
 def _write_pair(dst: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:
     write_image(dst / "images" / name, image)
     write_image(dst / "masks" / name, mask.astype(np.uint16))
 
 
-def prepare_dsb(source: Path, dst: Path, settings: Settings) -> DataSet:
-    """Write the fixed split of dsb2018-dev (images as they are, uint16 instance masks)."""
+def prepare_dsb(source: Path, dst: Path, settings: Settings, split_by: str = "ids") -> DataSet:
+    """Write a fixed split of dsb2018-dev (images as they are, uint16 instance masks): by the
+    ids' hashes (`split_ids`), or the `UNSEEN_GROUPS` to test (`split_groups`, `split_by`
+    "groups"; each test image's table group is then its image group)."""
     ids = sorted(p.stem for p in (source / "images").glob("*.png"))
-    split = split_ids(ids)
+    groups = image_groups(source)
+    split = split_ids(ids) if split_by == "ids" else split_groups(groups, UNSEEN_GROUPS)
     if settings.dsb_images is not None:
         split = {part: split[part][:n] for part, n in zip(split, settings.dsb_images, strict=True)}
     for part, names in split.items():
@@ -219,7 +249,10 @@ def prepare_dsb(source: Path, dst: Path, settings: Settings) -> DataSet:
             _write_pair(dst / part, f"{i}.png", image, mask)
     train_names = [f"{i}.png" for i in split["train"]]
     test_names = [f"{i}.png" for i in split["test"]]
-    return DataSet(DSB, dst, train_names, test_names, dict.fromkeys(test_names, ALL))
+    if split_by == "ids":
+        return DataSet(DSB, dst, train_names, test_names, dict.fromkeys(test_names, ALL))
+    by_group = {f"{i}.png": groups[i] for i in sorted(split["test"], key=groups.__getitem__)}
+    return DataSet(DSB, dst, train_names, test_names, by_group)
 
 
 def prepare_ctc(source: Path, dst: Path, settings: Settings) -> DataSet:
@@ -491,6 +524,12 @@ def run_data_set(
     return {"rows": rows, "training": training, "train": data.train, "test": data.test}
 
 
+def _unseen(data: DataSet) -> str:
+    """ ", test images of groups A, B never trained on" for a split by groups, else ""."""
+    groups = sorted(set(data.groups.values()) - {ALL})
+    return f" of image groups {', '.join(groups)} never trained on" if groups else ""
+
+
 def describe(
     prepared: Sequence[DataSet], settings: Settings, minutes: float, steps: int | None = None
 ) -> list[str]:
@@ -498,7 +537,7 @@ def describe(
     crop = f"; centre {settings.crop}×{settings.crop} crops" if settings.crop else ""
     options = settings.pixelwise_options(minutes, steps)
     parts = [
-        f"{d.name}: fixed split, {len(d.train)} training / {len(d.test)} test images"
+        f"{d.name}: fixed split, {len(d.train)} training / {len(d.test)} test images" + _unseen(d)
         if d.name == DSB
         else f"{d.name}: {', '.join(d.train)} to train, {', '.join(d.test)} to test (per-image "
         f"percentiles {PERCENTILES[0]:g}/{PERCENTILES[1]:g})"
@@ -552,6 +591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "spans them; the result does not depend on the machine's load)",
     )
     parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="ids",
+        help="dsb2018-dev's test images: ids (default: a fixed 20 %% by id hash) or groups "
+        f"(every image of the groups {', '.join(UNSEEN_GROUPS)}, never seen in training)",
+    )
+    parser.add_argument(
         "--no-cellpose", action="store_true", help="pixelwise rows only (no cellpose training)"
     )
     args = parse_args(parser, argv)
@@ -567,9 +613,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     data_dir = args.out / "data"
     shutil.rmtree(data_dir, ignore_errors=True)  # a previous run may have used another crop
-    prepare = {DSB: prepare_dsb, CTC: prepare_ctc}
     prepared = tuple(
-        prepare[name](args.data / name, data_dir / name, settings)
+        prepare_dsb(args.data / DSB, data_dir / DSB, settings, args.split)
+        if name == DSB
+        else prepare_ctc(args.data / CTC, data_dir / CTC, settings)
         for name in (DSB, CTC)
         if name in args.data_sets
     )
@@ -611,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": asdict(settings),
             "minutes": args.minutes,
             "steps": args.steps,
+            "split": args.split,
             "normalize": args.normalize,
             "quick": args.quick,
             "seed": args.seed,

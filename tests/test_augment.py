@@ -112,6 +112,54 @@ def test_crop_window_equals_slice_of_full_transform():
     assert full.coordinates((50, 60)).shape == (2, 50, 60)
 
 
+def test_zoom_scales_about_the_window_centre_by_hand():
+    # The module's worked example: a 4-pixel window of a 4-pixel image at zoom 2 samples the
+    # middle half, 0.75 ... 2.25; a 3-pixel window at origin 5 of a 12-pixel axis keeps its
+    # centre pixel 6 and steps by 1/2 around it (zoom 0.5: by 2).
+    np.testing.assert_allclose(
+        SpatialTransform(zoom=2.0).coordinates((4, 4))[0, :, 0], [0.75, 1.25, 1.75, 2.25]
+    )
+    window = SpatialTransform(zoom=2.0, origin=(5, 0), size=(3, 12)).coordinates((12, 12))
+    np.testing.assert_allclose(window[0, :, 0], [5.5, 6.0, 6.5])
+    window = SpatialTransform(zoom=0.5, origin=(5, 0), size=(3, 12)).coordinates((12, 12))
+    np.testing.assert_allclose(window[0, :, 0], [4.0, 6.0, 8.0])
+    # Across the full width the window centre is the image centre 5.5: 5.5 + 2 (j − 5.5).
+    np.testing.assert_allclose(window[1, 0], np.arange(-5.5, 17, 2))
+
+
+@pytest.mark.parametrize("zoom", [0.6, 1.5])
+def test_zoom_scales_an_objects_area_by_its_square(zoom):
+    rows, cols = np.ogrid[:128, :128]
+    disc = ((rows - 63.5) ** 2 + (cols - 63.5) ** 2 <= 20**2).astype(np.int32)  # area π·400
+    image = disc.astype(np.float32)
+    transform = SpatialTransform(zoom=zoom, angle=30.0)
+    out_image, out_mask, _ = warp(transform, image, disc)
+    # Shrunk and turned, the corners reach the disc's mirror images: count the centre's object.
+    components = ndi.label(out_mask)[0]
+    centre_object = components == components[64, 64]
+    expected = np.pi * (20 * zoom) ** 2
+    assert abs(centre_object.sum() - expected) < 0.02 * expected
+    assert abs(out_image[centre_object].sum() - expected) < 0.03 * expected
+    coords = transform.coordinates((128, 128))
+    expected_image = ndi.map_coordinates(image, coords, order=1, mode="mirror")
+    np.testing.assert_allclose(out_image, expected_image, atol=1e-4)
+
+
+def test_augment_zoom_is_log_uniform_and_leaves_the_other_draws_alone():
+    plain, zoomed = Augment(out_size=(32, 32)), Augment(zoom=1.5, out_size=(32, 32))
+    factors = []
+    for seed in range(400):
+        a = plain.sample_transform((64, 64), np.random.default_rng(seed))
+        b = zoomed.sample_transform((64, 64), np.random.default_rng(seed))
+        assert (a.angle, a.flip, a.origin, a.zoom) == (b.angle, b.flip, b.origin, 1.0)
+        np.testing.assert_array_equal(a.displacement, b.displacement)
+        factors.append(b.zoom)
+    logs = np.log(factors)
+    assert np.abs(logs).max() <= np.log(1.5)
+    assert abs(logs.mean()) < 0.03  # as often smaller as larger: E[log z] = 0, std 0.23/√400
+    assert (np.asarray(factors) < 1).mean() == pytest.approx(0.5, abs=0.08)
+
+
 def test_multichannel_image_warps_each_channel_alike():
     image = np.stack([smooth_image((40, 40), seed=s) for s in range(3)])
     transform = SpatialTransform(
@@ -230,6 +278,7 @@ def test_adjust_gray_by_hand():
         ({"elastic_grid": 1}, "elastic grid must be an int >= 2, got 1"),
         ({"elastic_sigma": -1.0}, "elastic sigma must be finite and >= 0, got -1.0"),
         ({"image_order": 2}, r"image_order must be one of \(1, 3\), got 2"),
+        ({"zoom": 0.5}, r"zoom must be in \[1.0, 4.0\], got 0.5; pass a largest zoom factor"),
         ({"out_size": (0, 5)}, r"out_size must be None or \(h, w\) with ints >= 2, got \(0, 5\)"),
     ],
 )

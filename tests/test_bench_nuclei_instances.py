@@ -152,3 +152,31 @@ def test_normalisations_side_by_side_and_a_step_budget(
     assert recipe.FULL.pixelwise_options(30.0, 500) == {"steps": 500, "max_minutes": None}
     assert recipe.FULL.pixelwise_options(30.0) == {"max_minutes": 30.0}
     assert recipe.QUICK.pixelwise_options(30.0, 500)["steps"] == 4
+
+
+def test_split_by_groups_tests_on_whole_groups_only() -> None:
+    groups = {"a": "696x520", "b": "640x512", "c": "696x520", "d": "347x260", "e": "640x512"}
+    split = recipe.split_groups(groups, ["640x512", "347x260"])
+    assert split == {"train": ["a", "c"], "test": ["b", "d", "e"]}
+    with pytest.raises(ValueError, match=r"no image of group\(s\) \['256x256'\]; the groups are"):
+        recipe.split_groups(groups, ["256x256"])
+
+
+def test_quick_run_split_by_groups_tests_on_unseen_groups(
+    shared_data: Callable[[str], Path], tmp_path: Path
+) -> None:
+    source = shared_data("dsb2018-dev")
+    groups = recipe.image_groups(source)
+    assert set(recipe.UNSEEN_GROUPS) <= set(groups.values())
+    out = tmp_path / "out"
+    argv = [str(source.parent), "--quick", "--out", str(out), "--data-sets", "dsb2018-dev",
+            "--targets", "three-class", "--no-cellpose", "--split", "groups"]  # fmt: skip
+    assert recipe.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    data = results["data_sets"]["dsb2018-dev"]
+    assert results["split"] == "groups"
+    assert {groups[Path(n).stem] for n in data["test"]} <= set(recipe.UNSEEN_GROUPS)
+    assert not {groups[Path(n).stem] for n in data["train"]} & set(recipe.UNSEEN_GROUPS)
+    rows = data["rows"]["three-class"]
+    assert list(rows)[-1] == "all" and set(rows) - {"all"} <= set(recipe.UNSEEN_GROUPS)
+    assert "never trained on" in (out / "results.md").read_text()

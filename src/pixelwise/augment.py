@@ -1,12 +1,15 @@
-"""The U-Net paper's data augmentation: elastic deformation, rotation, shift, flips, gray values.
+"""The U-Net paper's data augmentation: elastic deformation, rotation, shift, flips, gray values;
+and a random zoom, which the paper does not use but which objects of other sizes need.
 
 U-Net (Ronneberger et al. 2015, sec. 3.1) deforms training images with "random displacement
 vectors on a coarse 3 by 3 grid", drawn from a Gaussian with 10 pixels standard deviation, and
 computes per-pixel displacements by bicubic interpolation. Shifts, rotations and gray-value
-variations complete the augmentation.
+variations complete the augmentation. The zoom (`Augment(zoom=...)`, off by default) scales the
+content by a random factor, as nnU-Net's scaling and Cellpose's size augmentation do, so that a
+model trained on nuclei of one size also meets smaller and larger ones.
 
-Every geometric part (flips, rotation, shift, elastic field, output crop) is composed into ONE
-source-coordinate map per sample (`SpatialTransform.coordinates`), and each array is resampled
+Every geometric part (flips, rotation, zoom, shift, elastic field, output crop) is composed into
+ONE source-coordinate map per sample (`SpatialTransform.coordinates`), and each array is resampled
 once with `torch.nn.functional.grid_sample`: single-threaded it is several times faster than
 `scipy.ndimage.map_coordinates`, which alone misses the 20 ms budget for resampling a 512 × 512
 image, mask and weight map (see benchmarks/losses_augment.py). Image, mask and weight map share
@@ -104,16 +107,21 @@ class SpatialTransform:
     """A composed geometric transform: output pixel → source coordinate in the input.
 
     For an output pixel p = (row, col) in the input frame (the output window starts at `origin`),
-    with c = ((H − 1) / 2, (W − 1) / 2) the image centre:
+    with c = ((H − 1) / 2, (W − 1) / 2) the image centre and w the output window's centre:
 
-        source(p) = c + R(angle) (p − c) − shift + displacement(p)
+        q = w + (p − w) / zoom                       (zoom about the window's centre)
+        source(p) = c + R(angle) (q − c) − shift + displacement(p)
 
-    and the flips then reverse the output's rows and/or columns.
+    and the flips then reverse the output's rows and/or columns. Zooming about the window's
+    centre keeps a window anywhere in the image on its own neighbourhood, so a crop near the edge
+    still sees the content there.
 
     Attributes:
         angle: rotation in degrees; positive turns the content counter-clockwise as displayed,
             so angle=90 gives `np.rot90(image)` on square images.
         shift: (rows, cols) translation of the content in pixels.
+        zoom: scale of the content: 2 shows it twice as large (each output pixel half a source
+            pixel), 0.5 half as large.
         flip: (rows reversed, columns reversed), i.e. (vertical flip, horizontal flip).
         displacement: (2, H, W) elastic displacement of the source coordinates in pixels
             (`elastic_field`), or None.
@@ -123,6 +131,7 @@ class SpatialTransform:
 
     angle: float = 0.0
     shift: tuple[float, float] = (0.0, 0.0)
+    zoom: float = 1.0
     flip: tuple[bool, bool] = (False, False)
     displacement: np.ndarray | None = None
     origin: tuple[int, int] = (0, 0)
@@ -136,7 +145,12 @@ class SpatialTransform:
 
     def is_grid_aligned(self) -> bool:
         """True when the transform only crops and flips: no resampling needed."""
-        return self.angle == 0 and self.shift == (0.0, 0.0) and self.displacement is None
+        return (
+            self.angle == 0
+            and self.zoom == 1
+            and self.shift == (0.0, 0.0)
+            and self.displacement is None
+        )
 
     def coordinates(self, shape: tuple[int, int]) -> np.ndarray:
         """(2, h, w) float32 source coordinates (rows, cols) for an input of shape (H, W).
@@ -146,10 +160,12 @@ class SpatialTransform:
         """
         height, width = self.output_shape(shape)
         center_row, center_col = (shape[0] - 1) / 2, (shape[1] - 1) / 2
-        rows = np.arange(height, dtype=np.float32)[:, None] + np.float32(
-            self.origin[0] - center_row
-        )
-        cols = np.arange(width, dtype=np.float32)[None, :] + np.float32(self.origin[1] - center_col)
+        # q − c: the output pixel's offset from the window centre, divided by the zoom, plus the
+        # window centre's offset from the image centre. Worked example, a 4-pixel window at
+        # origin 0 of a 4-pixel image, zoom 2: offsets (−1.5, −0.5, 0.5, 1.5) / 2 + 0, so the
+        # output samples source pixels 0.75, 1.25, 1.75, 2.25: the middle half, twice as large.
+        rows = _zoomed_offsets(height, self.origin[0] - center_row, self.zoom)[:, None]
+        cols = _zoomed_offsets(width, self.origin[1] - center_col, self.zoom)[None, :]
         theta = math.radians(self.angle)
         cos, sin = np.float32(math.cos(theta)), np.float32(math.sin(theta))
         coords = np.empty((2, height, width), np.float32)
@@ -165,6 +181,16 @@ class SpatialTransform:
         if self.flip[1]:
             coords = coords[:, :, ::-1]
         return coords
+
+
+def _zoomed_offsets(n: int, start: float, zoom: float) -> np.ndarray:
+    """(n,) float32 offsets q − c along one axis of an n-pixel window whose first pixel is
+    `start` from the image centre: (i − (n − 1)/2) / zoom + start + (n − 1)/2."""
+    half = (n - 1) / 2
+    offsets = np.arange(n, dtype=np.float32) - np.float32(half)
+    if zoom != 1:
+        offsets /= np.float32(zoom)
+    return offsets + np.float32(start + half)
 
 
 def _window(origin: tuple[int, int], size: tuple[int, int]) -> tuple[slice, slice]:
@@ -350,9 +376,9 @@ def adjust_gray(
 class Augment:
     """Random U-Net augmentation applied identically to image, mask and weight map.
 
-    One call draws a `SpatialTransform` (flips, rotation, shift, elastic field, crop) and gray-value
-    parameters from `rng`, then resamples each array once (`warp`). The same generator state
-    gives the same output.
+    One call draws a `SpatialTransform` (flips, rotation, zoom, shift, elastic field, crop) and
+    gray-value parameters from `rng`, then resamples each array once (`warp`). The same generator
+    state gives the same output.
 
     Args:
         elastic_sigma: std of the coarse displacement vectors in pixels (paper: 10).
@@ -361,6 +387,8 @@ class Augment:
         rotation: maximum rotation in degrees; the angle is uniform in [-rotation, rotation]
             (180 = any angle).
         shift: maximum translation in PIXELS per axis, uniform in [-shift, shift].
+        zoom: largest zoom factor z >= 1; the factor is log-uniform in [1/z, z] (z = 1.5: from
+            0.67× to 1.5× the size, as often smaller as larger); 1 = none (the paper's).
         flip: flip rows and columns, each with probability 1/2.
         gray: strength s of the gray-value variation: log(gamma), contrast − 1 and brightness
             (as a fraction of the value range) are each uniform in [-s, s]; 0 disables it.
@@ -381,6 +409,7 @@ class Augment:
         p_elastic: float = 1.0,
         rotation: float = 180.0,
         shift: float = 0.0,
+        zoom: float = 1.0,
         flip: bool = True,
         gray: float = 0.1,
         image_order: int = 1,
@@ -390,6 +419,7 @@ class Augment:
         _check_range("p_elastic", p_elastic, 0.0, 1.0, "a probability")
         _check_range("rotation", rotation, 0.0, 180.0, "a maximum angle in degrees")
         _check_range("shift", shift, 0.0, math.inf, "a maximum shift in pixels")
+        _check_range("zoom", zoom, 1.0, 4.0, "a largest zoom factor like 1.5 (1 = none)")
         _check_range("gray", gray, 0.0, 0.99, "a strength like 0.1")
         _check_image_order(image_order)
         if out_size is not None and not (
@@ -404,6 +434,7 @@ class Augment:
         self.p_elastic = p_elastic
         self.rotation = rotation
         self.shift = shift
+        self.zoom = zoom
         self.flip = flip
         self.gray = gray
         self.image_order = image_order
@@ -433,9 +464,13 @@ class Augment:
                 int(rng.integers(0, shape[1] - self.out_size[1] + 1)),
             )
             size = self.out_size
+        zoom = 1.0
+        if self.zoom > 1:  # drawn last, so that zoom = 1 leaves the other draws as they were
+            zoom = math.exp(rng.uniform(-math.log(self.zoom), math.log(self.zoom)))
         return SpatialTransform(
             angle=angle,
             shift=(float(shift[0]), float(shift[1])),
+            zoom=zoom,
             flip=(flip[0], flip[1]),
             displacement=displacement,
             origin=origin,

@@ -42,6 +42,7 @@ PLAIN_DEFAULTS: dict[str, Any] = {
     "val_every": 100,
     "weighted": False,
     "normalize": "dataset",
+    "zoom": 1.0,
 }
 """The defaults of the options left unset, for semantic classes (`instances` False)."""
 
@@ -60,6 +61,7 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     # accuracy@0.5 0.820 against 0.774 with the dataset moments, ahead at every IoU
     # (benchmarks/nuclei_instances.py --normalize dataset percentile)
     "normalize": "percentile",
+    "zoom": 1.0,
 }
 """The defaults of the options left unset, for objects (`instances=True`); the one place to
 change them. A value given per target (a dict keyed by the TARGETS) follows the resolved target.
@@ -82,10 +84,11 @@ class TrainConfig:
     command line turns each field into a flag (`patch_size` → `--patch-size`).
 
     Defaults for objects: the options of `AUTO_FIELDS` (target, steps, max_minutes,
-    patch_size, optimizer, lr, schedule, val_every, weighted) default to None, "not set", and
-    are resolved when the config is built (`__post_init__` → `resolve_defaults`): options given
-    are kept; the others take `INSTANCE_DEFAULTS` when `instances` is True, else
-    `PLAIN_DEFAULTS` (today's values: 1000 steps, patch 128, SGD at 0.01, poly, ...). Details:
+    patch_size, optimizer, lr, schedule, val_every, weighted, normalize, zoom) default to None,
+    "not set", and are resolved when the config is built (`__post_init__` →
+    `resolve_defaults`): options given are kept; the others take `INSTANCE_DEFAULTS` when
+    `instances` is True, else `PLAIN_DEFAULTS` (today's values: 1000 steps, patch 128, SGD at
+    0.01, poly, ...). Details:
 
     * `target`, with `instances` and not given: the target of a given `num_classes` or
       `class_names` count (2 → "two-class", 3 → "three-class", 5 → "distance"), else the
@@ -253,6 +256,13 @@ class TrainConfig:
     )
     rotation: float = field(default=180.0, metadata={"help": "maximum rotation in degrees"})
     shift: float = field(default=0.0, metadata={"help": "maximum shift in pixels"})
+    zoom: float | None = field(
+        default=None,
+        metadata={
+            "help": "largest random zoom factor z: the content is scaled by a log-uniform factor "
+            "in [1/z, z] (1 = none, the paper's), so objects of other sizes are learnt too"
+        },
+    )
     flip: bool = field(default=True, metadata={"help": "random flips"})
     gray: float = field(
         default=0.1, metadata={"help": "gray-value variation (scale of brightness/contrast jitter)"}
@@ -346,6 +356,8 @@ class TrainConfig:
             (self.normalize in NORMALIZE_METHODS,
              choice_message("normalize", self.normalize, NORMALIZE_METHODS)),
             (self.precision in PRECISIONS, choice_message("precision", self.precision, PRECISIONS)),
+            (1 <= self.zoom <= 4,
+             f"zoom must be in [1, 4] (1 = none, 1.5 = from 0.67x to 1.5x), got {self.zoom}"),
             (self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),

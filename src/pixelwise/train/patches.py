@@ -7,7 +7,10 @@ inference (`pixelwise.tiling`).
 
 Step s belongs to epoch s // steps_per_epoch; an epoch's sample order comes from a
 DistributedSampler seeded by (seed, epoch), and every patch's augmentation from a generator
-seeded by (seed, epoch, index). So the batches from step s on depend on s alone, which is what
+seeded by (seed, epoch, index). An instance target (three-class boundaries, distance bands) is
+derived from each patch's transformed instance ids, not transformed itself: a one-pixel boundary
+resampled by a rotation or a zoom would break up, one derived afterwards is whole in the patch's
+own pixels. So the batches from step s on depend on s alone, which is what
 makes a resumed run equal to an uninterrupted one.
 
 Sizes are checked before any patch is made (`check_patch_memory`): a patch size whose tiles,
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from pixelwise.augment import Augment
 from pixelwise.checks import InputWarning
 from pixelwise.data import SegmentationDataset
+from pixelwise.data.targets import derive_target
 from pixelwise.models.geometry import Geometry
 
 
@@ -209,7 +213,11 @@ class PatchDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image, mask, _, weight = self.base.load(i % len(self.base))
+        image, mask, instances, weight = self.base.load(i % len(self.base))
+        target = self.base.target
+        if target is not None:
+            assert instances is not None  # a dataset with a target decodes instances
+            mask = instances  # transformed as ids; the target is derived from the patch below
         rng = np.random.default_rng([self.seed, self.epoch, i])
         m, n = self.margin, self.tile
         h, w = mask.shape
@@ -225,6 +233,8 @@ class PatchDataset(Dataset):
             x = int(rng.integers(0, mask.shape[1] - n + 1))
             image = image[:, y : y + n, x : x + n]  # (C, n, n)
             mask, weight = mask[y : y + n, x : x + n], weight[y : y + n, x : x + n]
+        if target is not None:
+            mask = derive_target(mask, target)  # (n, n) classes of the patch's objects
         centre = (slice(m, n - m), slice(m, n - m))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, np.float32)),  # (C, n, n)

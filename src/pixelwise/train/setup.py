@@ -313,6 +313,7 @@ def make_loader(
             elastic_grid=cfg.elastic_grid,
             rotation=cfg.rotation,
             shift=cfg.shift,
+            zoom=cfg.zoom,
             flip=cfg.flip,
             gray=cfg.gray,
             out_size=(tile, tile),
