@@ -160,6 +160,31 @@ def test_augment_zoom_is_log_uniform_and_leaves_the_other_draws_alone():
     assert (np.asarray(factors) < 1).mean() == pytest.approx(0.5, abs=0.08)
 
 
+def test_dim_above_minimum_by_hand():
+    from pixelwise.augment import dim_above_minimum
+
+    np.testing.assert_array_equal(dim_above_minimum(np.array([0.0, 2.0, 10.0]), 0.5), [0, 1, 5])
+    np.testing.assert_array_equal(dim_above_minimum(np.array([-1.0, 1.0]), 0.5), [-1, 0])
+
+
+def test_augment_dim_keeps_the_background_and_dims_by_at_most_its_factor():
+    image = smooth_image((48, 48)) * 4 - 1  # values in about [-1, 3]
+    mask = blocks((48, 48), size=6)
+    plain = Augment(gray=0.0, dim=1.0)
+    dimmed = Augment(gray=0.0, dim=0.25)
+    factors = []
+    for seed in range(200):
+        a_image, a_mask, _ = plain(image, mask, rng=np.random.default_rng(seed))
+        b_image, b_mask, _ = dimmed(image, mask, rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(a_mask, b_mask)  # the geometry is the same draw
+        low = a_image.min()
+        assert b_image.min() == pytest.approx(low, abs=1e-6)
+        factors.append((b_image.max() - low) / (a_image.max() - low))
+        np.testing.assert_allclose(b_image, low + factors[-1] * (a_image - low), atol=1e-5)
+    assert min(factors) >= 0.25 - 1e-6 and max(factors) <= 1 + 1e-6
+    assert np.mean(np.log(factors)) == pytest.approx(np.log(0.25) / 2, abs=0.07)
+
+
 def test_multichannel_image_warps_each_channel_alike():
     image = np.stack([smooth_image((40, 40), seed=s) for s in range(3)])
     transform = SpatialTransform(
@@ -278,6 +303,7 @@ def test_adjust_gray_by_hand():
         ({"elastic_grid": 1}, "elastic grid must be an int >= 2, got 1"),
         ({"elastic_sigma": -1.0}, "elastic sigma must be finite and >= 0, got -1.0"),
         ({"image_order": 2}, r"image_order must be one of \(1, 3\), got 2"),
+        ({"dim": 0.0}, r"dim must be in \[0.01, 1.0\], got 0.0; pass a smallest intensity"),
         ({"zoom": 0.5}, r"zoom must be in \[1.0, 4.0\], got 0.5; pass a largest zoom factor"),
         ({"out_size": (0, 5)}, r"out_size must be None or \(h, w\) with ints >= 2, got \(0, 5\)"),
     ],

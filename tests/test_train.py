@@ -156,6 +156,8 @@ def test_config_errors(tmp_path):
         TrainConfig().check()
     with pytest.raises(ValueError, match=r"zoom must be in \[1, 4\] \(1 = none, 1.5 = from"):
         TrainConfig(data="x", zoom=0.8).check()
+    with pytest.raises(ValueError, match=r"dim must be in \[0.01, 1\] \(1 = none, 0.3 = down"):
+        TrainConfig(data="x", dim=0.0).check()
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="a config must be a mapping"):

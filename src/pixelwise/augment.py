@@ -6,7 +6,9 @@ vectors on a coarse 3 by 3 grid", drawn from a Gaussian with 10 pixels standard 
 computes per-pixel displacements by bicubic interpolation. Shifts, rotations and gray-value
 variations complete the augmentation. The zoom (`Augment(zoom=...)`, off by default) scales the
 content by a random factor, as nnU-Net's scaling and Cellpose's size augmentation do, so that a
-model trained on nuclei of one size also meets smaller and larger ones.
+model trained on nuclei of one size also meets smaller and larger ones; the dimming
+(`Augment(dim=...)`, off by default) does the same for brightness: objects dimmer than the
+training images' over the same background.
 
 Every geometric part (flips, rotation, zoom, shift, elastic field, output crop) is composed into
 ONE source-coordinate map per sample (`SpatialTransform.coordinates`), and each array is resampled
@@ -39,7 +41,14 @@ import torch
 from scipy import ndimage as ndi
 from torch.nn import functional as F
 
-__all__ = ["Augment", "SpatialTransform", "adjust_gray", "elastic_field", "warp"]
+__all__ = [
+    "Augment",
+    "SpatialTransform",
+    "adjust_gray",
+    "dim_above_minimum",
+    "elastic_field",
+    "warp",
+]
 
 IMAGE_ORDERS = {1: "bilinear", 3: "bicubic"}
 # float32 holds every integer of magnitude ≤ 2^24 exactly: masks are resampled as float32.
@@ -368,6 +377,17 @@ def adjust_gray(
     return out
 
 
+def dim_above_minimum(image: np.ndarray, factor: float) -> np.ndarray:
+    """lo + factor · (image − lo) with lo = image.min(): a fluorescence image's objects made
+    dimmer (factor < 1) over an unchanged background; float32.
+
+    Worked example: [0, 2, 10] with factor 0.5 → [0, 1, 5]; [-1, 1] → [-1, 0].
+    """
+    image = np.asarray(image, np.float32)
+    low = image.min()
+    return (low + np.float32(factor) * (image - low)).astype(np.float32, copy=False)
+
+
 # --------------------------------------------------------------------------------------------
 # Random augmentation
 # --------------------------------------------------------------------------------------------
@@ -392,6 +412,10 @@ class Augment:
         flip: flip rows and columns, each with probability 1/2.
         gray: strength s of the gray-value variation: log(gamma), contrast − 1 and brightness
             (as a fraction of the value range) are each uniform in [-s, s]; 0 disables it.
+        dim: smallest intensity factor f in (0, 1]: after the gray values, the image's values
+            above its minimum are scaled by a log-uniform factor in [f, 1] (the background
+            stays, the objects dim), so that a model trained on bright nuclei also finds dim
+            ones; 1 = none (the paper's).
         image_order: 1 (bilinear, default: meets the 20 ms budget at 512 × 512) or 3 (bicubic).
         out_size: (h, w) of a random crop taken after the transform, or None for the input
             size. The crop is folded into the coordinate map, so only the crop is computed.
@@ -412,6 +436,7 @@ class Augment:
         zoom: float = 1.0,
         flip: bool = True,
         gray: float = 0.1,
+        dim: float = 1.0,
         image_order: int = 1,
         out_size: tuple[int, int] | None = None,
     ) -> None:
@@ -421,6 +446,7 @@ class Augment:
         _check_range("shift", shift, 0.0, math.inf, "a maximum shift in pixels")
         _check_range("zoom", zoom, 1.0, 4.0, "a largest zoom factor like 1.5 (1 = none)")
         _check_range("gray", gray, 0.0, 0.99, "a strength like 0.1")
+        _check_range("dim", dim, 0.01, 1.0, "a smallest intensity factor like 0.3 (1 = none)")
         _check_image_order(image_order)
         if out_size is not None and not (
             len(out_size) == 2 and all(isinstance(n, int) and n >= 2 for n in out_size)
@@ -437,6 +463,7 @@ class Augment:
         self.zoom = zoom
         self.flip = flip
         self.gray = gray
+        self.dim = dim
         self.image_order = image_order
         self.out_size = None if out_size is None else (int(out_size[0]), int(out_size[1]))
 
@@ -498,6 +525,8 @@ class Augment:
                 contrast=1.0 + contrast,
                 brightness=float(brightness),
             )
+        if self.dim < 1:
+            out_image = dim_above_minimum(out_image, math.exp(rng.uniform(math.log(self.dim), 0.0)))
         return out_image, out_mask, out_weight
 
     def __repr__(self) -> str:

@@ -43,6 +43,7 @@ PLAIN_DEFAULTS: dict[str, Any] = {
     "weighted": False,
     "normalize": "dataset",
     "zoom": 1.0,
+    "dim": 1.0,
 }
 """The defaults of the options left unset, for semantic classes (`instances` False)."""
 
@@ -62,6 +63,7 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     # (benchmarks/nuclei_instances.py --normalize dataset percentile)
     "normalize": "percentile",
     "zoom": 1.0,
+    "dim": 1.0,
 }
 """The defaults of the options left unset, for objects (`instances=True`); the one place to
 change them. A value given per target (a dict keyed by the TARGETS) follows the resolved target.
@@ -84,8 +86,8 @@ class TrainConfig:
     command line turns each field into a flag (`patch_size` → `--patch-size`).
 
     Defaults for objects: the options of `AUTO_FIELDS` (target, steps, max_minutes,
-    patch_size, optimizer, lr, schedule, val_every, weighted, normalize, zoom) default to None,
-    "not set", and are resolved when the config is built (`__post_init__` →
+    patch_size, optimizer, lr, schedule, val_every, weighted, normalize, zoom, dim) default to
+    None, "not set", and are resolved when the config is built (`__post_init__` →
     `resolve_defaults`): options given are kept; the others take `INSTANCE_DEFAULTS` when
     `instances` is True, else `PLAIN_DEFAULTS` (today's values: 1000 steps, patch 128, SGD at
     0.01, poly, ...). Details:
@@ -267,6 +269,13 @@ class TrainConfig:
     gray: float = field(
         default=0.1, metadata={"help": "gray-value variation (scale of brightness/contrast jitter)"}
     )
+    dim: float | None = field(
+        default=None,
+        metadata={
+            "help": "smallest intensity factor f: each patch's values above its minimum are "
+            "scaled by a log-uniform factor in [f, 1] (1 = none), so dim objects are learnt too"
+        },
+    )
     # Run
     seed: int = field(
         default=0, metadata={"help": "seed of data order, augmentation and initialisation"}
@@ -358,6 +367,8 @@ class TrainConfig:
             (self.precision in PRECISIONS, choice_message("precision", self.precision, PRECISIONS)),
             (1 <= self.zoom <= 4,
              f"zoom must be in [1, 4] (1 = none, 1.5 = from 0.67x to 1.5x), got {self.zoom}"),
+            (0.01 <= self.dim <= 1,
+             f"dim must be in [0.01, 1] (1 = none, 0.3 = down to 30 %), got {self.dim}"),
             (self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),

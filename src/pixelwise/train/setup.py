@@ -316,6 +316,7 @@ def make_loader(
             zoom=cfg.zoom,
             flip=cfg.flip,
             gray=cfg.gray,
+            dim=cfg.dim,
             out_size=(tile, tile),
         )
     # Enough copies of the data that an epoch holds at least one batch per process.
