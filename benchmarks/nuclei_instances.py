@@ -43,9 +43,11 @@ Protocol, one table per data set from one run:
   included) with the cellpose command line's from-scratch settings (SGD, learning rate 0.2,
   momentum 0.9, weight decay 1e-5, batch 8, 224 px tiles, training images rescaled to a 30 px
   mean nucleus diameter). Its budget is the wall time of the longest pixelwise run on that
-  data set (so cellpose never gets less): the flows are computed, one epoch of
-  ``cellpose_timing_steps`` (2) batches at cellpose's first warm-up learning rate (0: it learns
-  nothing) times a step, and ``n_epochs`` is the number of steps the rest of the budget allows,
+  data set (so cellpose never gets less): the flows are computed, two epochs of 1 and 1 +
+  ``cellpose_timing_steps`` (2) batches at cellpose's first warm-up learning rate (0: they learn
+  nothing) time a step apart from each ``train_seg`` call's preparation of the images (one
+  epoch of 2 batches timed both as 2 steps, which stopped cellpose at about half its budget),
+  and ``n_epochs`` is the number of steps the rest of the budget allows,
   with ``nimg_per_epoch`` = one batch, so cellpose's own schedule (10 warm-up epochs, halvings
   at the end of long runs) spans the budget (a step estimate off under a changing CPU load
   makes the measured minutes differ from the budget; the table shows the measured ones).
@@ -125,7 +127,8 @@ class Settings:
         used to predict).
     cellpose_diameter: cellpose's `diam_mean`, the nucleus diameter its images are resized to
         (30, its command line's default; the quick run's tiny crops take less, for fewer tiles).
-    cellpose_timing_steps: cellpose steps at learning rate 0 that measure its step time.
+    cellpose_timing_steps: k, the extra batches of the second timing epoch (learning rate 0)
+        whose difference from the first measures cellpose's step time.
     warmup: predict the first test image once untimed before timing the test images.
     """
 
@@ -372,13 +375,22 @@ def train_cellpose(
     }
     out.mkdir(parents=True, exist_ok=True)
     setup_s = time.perf_counter() - started
-    # One epoch of a few batches at cellpose's first warm-up learning rate, 0: it times a step
-    # (set-up included) and learns nothing.
+    # Two epochs at cellpose's first warm-up learning rate, 0 (they learn nothing), of 1 and
+    # 1 + k batches: their difference is k steps, so a step's time comes apart from what every
+    # `train_seg` call costs before its first step (preparing each training image), which the
+    # training call pays once more. Worked example: 100 s and 130 s for 1 and 3 batches → 15 s
+    # a step and 85 s a call.
     timing_steps = settings.cellpose_timing_steps
-    timing = {**run, "nimg_per_epoch": timing_steps * settings.cellpose_batch}
-    cellpose_train.train_seg(net, n_epochs=1, **timing)
-    step_s = (time.perf_counter() - started - setup_s) / timing_steps
-    steps = max(1, math.floor((budget_s - (time.perf_counter() - started)) / step_s))
+    seconds = []
+    for batches in (1, 1 + timing_steps):
+        timing = {**run, "nimg_per_epoch": batches * settings.cellpose_batch}
+        call_started = time.perf_counter()
+        cellpose_train.train_seg(net, n_epochs=1, **timing)
+        seconds.append(time.perf_counter() - call_started)
+    step_s = max(1e-3, (seconds[1] - seconds[0]) / timing_steps)
+    call_s = max(0.0, seconds[0] - step_s)
+    left_s = budget_s - (time.perf_counter() - started) - call_s
+    steps = max(1, math.floor(left_s / step_s))
     path, losses, _ = cellpose_train.train_seg(net, n_epochs=steps, **run)
     wall = time.perf_counter() - started
     model = models.CellposeModel(gpu=False, pretrained_model=str(path))  # mkldnn: its default
@@ -387,6 +399,7 @@ def train_cellpose(
         "budget_minutes": budget_s / 60,
         "steps": steps,
         "step_seconds": step_s,
+        "call_seconds": call_s,
         "setup_seconds": setup_s,
         "final_train_loss": float(losses[-1]),
         "parameters": sum(p.numel() for p in model.net.parameters()),
