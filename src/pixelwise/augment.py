@@ -1,5 +1,5 @@
 """The U-Net paper's data augmentation: elastic deformation, rotation, shift, flips, gray values;
-and a random zoom, which the paper does not use but which objects of other sizes need.
+and two it does not use, a random zoom and a dimming, both off by default.
 
 U-Net (Ronneberger et al. 2015, sec. 3.1) deforms training images with "random displacement
 vectors on a coarse 3 by 3 grid", drawn from a Gaussian with 10 pixels standard deviation, and

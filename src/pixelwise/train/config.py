@@ -42,8 +42,6 @@ PLAIN_DEFAULTS: dict[str, Any] = {
     "val_every": 100,
     "weighted": False,
     "normalize": "dataset",
-    "zoom": 1.0,
-    "dim": 1.0,
 }
 """The defaults of the options left unset, for semantic classes (`instances` False)."""
 
@@ -62,8 +60,6 @@ INSTANCE_DEFAULTS: dict[str, Any] = {
     # accuracy@0.5 0.820 against 0.774 with the dataset moments, ahead at every IoU
     # (benchmarks/nuclei_instances.py --normalize dataset percentile)
     "normalize": "percentile",
-    "zoom": 1.0,
-    "dim": 1.0,
 }
 """The defaults of the options left unset, for objects (`instances=True`); the one place to
 change them. A value given per target (a dict keyed by the TARGETS) follows the resolved target.
@@ -86,8 +82,8 @@ class TrainConfig:
     command line turns each field into a flag (`patch_size` → `--patch-size`).
 
     Defaults for objects: the options of `AUTO_FIELDS` (target, steps, max_minutes,
-    patch_size, optimizer, lr, schedule, val_every, weighted, normalize, zoom, dim) default to
-    None, "not set", and are resolved when the config is built (`__post_init__` →
+    patch_size, optimizer, lr, schedule, val_every, weighted, normalize) default to None, "not
+    set", and are resolved when the config is built (`__post_init__` →
     `resolve_defaults`): options given are kept; the others take `INSTANCE_DEFAULTS` when
     `instances` is True, else `PLAIN_DEFAULTS` (today's values: 1000 steps, patch 128, SGD at
     0.01, poly, ...). Details:
@@ -258,8 +254,8 @@ class TrainConfig:
     )
     rotation: float = field(default=180.0, metadata={"help": "maximum rotation in degrees"})
     shift: float = field(default=0.0, metadata={"help": "maximum shift in pixels"})
-    zoom: float | None = field(
-        default=None,
+    zoom: float = field(
+        default=1.0,
         metadata={
             "help": "largest random zoom factor z: the content is scaled by a log-uniform factor "
             "in [1/z, z] (1 = none, the paper's), so objects of other sizes are learnt too"
@@ -269,8 +265,8 @@ class TrainConfig:
     gray: float = field(
         default=0.1, metadata={"help": "gray-value variation (scale of brightness/contrast jitter)"}
     )
-    dim: float | None = field(
-        default=None,
+    dim: float = field(
+        default=1.0,
         metadata={
             "help": "smallest intensity factor f: each patch's values above its minimum are "
             "scaled by a log-uniform factor in [f, 1] (1 = none), so dim objects are learnt too"
