@@ -14,10 +14,12 @@ What it does, with a fixed seed (issue 17):
    inverted). A seeded 20 % of the images is held out: it picks the best checkpoint by the
    object score (the DSB score) and tunes the post-processing at the end. The steps are fixed
    (not a time budget) so the run does not depend on the machine's speed.
-2. Measures the training objects' diameters (the equivalent-circle diameter √(4·area/π) of
-   each object of the training images, not the validation ones): the median is recorded as
-   the model's `object_diameter` (what `--diameter` rescales to), the 5th-95th percentiles
-   as the range it was trained on.
+2. Takes the training objects' size from the checkpoint (every instance run records it: the
+   median equivalent-circle diameter √(4·area/π) of the objects of every mask of DATA, the
+   validation images included, and its 5th-95th percentiles): the model's `object_diameter`
+   (what `--diameter` rescales to) and the range it was trained on. The shipped file was
+   made before runs recorded it, from the training images alone (24.3 px; 24.8 px with the
+   validation images).
 3. Rounds the weights to float16 (half the file; the float32 model made from them is the one
    scored), predicts every validation image from its raw pixels with `pixelwise.Segmenter`
    (what `pixelwise predict --instances` does), scores the objects (one-to-one matching at
@@ -77,16 +79,6 @@ def train(data: Path, run: Path, *, steps: int, seed: int) -> None:
         raise SystemExit(f"training failed with exit status {status}")
 
 
-def diameters(masks: Sequence[Path]) -> np.ndarray:
-    """(N,) equivalent-circle diameters √(4·area/π) of every object of the instance masks."""
-    out = []
-    for path in masks:
-        labels = np.asarray(read_image(path)).astype(np.int64)
-        areas = np.bincount(labels.ravel())[1:]
-        out.append(np.sqrt(4.0 * areas[areas > 0] / np.pi))
-    return np.concatenate(out)
-
-
 def commit() -> str:
     """The repository's commit, with "+changes" when the tree differs from it."""
 
@@ -144,15 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reuse:  # the training loop's own clock: log.csv's last "seconds"
         train_minutes = float(read_log(run_dir / "log.csv", cfg.steps)[-1]["seconds"]) / 60
     train_ds, val_ds = split_datasets(cfg)
-    sizes = diameters([s.mask_path for s in train_ds.samples])
-    diameter = float(np.median(sizes))
-    low, high = (float(v) for v in np.percentile(sizes, [5, 95]))
+    diameter = float(meta["object_diameter"])
+    low, high = (float(v) for v in meta["object_diameter_range"])
 
     # The float32 model made from the float16 weights is the one shipped and scored.
     shipped = copy.deepcopy(model).half()  # what the file holds
     model.load_state_dict(copy.deepcopy(shipped).float().state_dict())  # in place: a copy
     meta = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "model_args")}
-    meta["object_diameter"] = diameter
     # fp32: the reference the tests reproduce on any CPU (auto is bf16 on some).
     segmenter = Segmenter(model, meta=meta, device="cpu", precision="fp32", progress=False)
     scores, per_image = score_validation(segmenter, val_ds.samples, Path(cfg.data))

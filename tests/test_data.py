@@ -387,6 +387,8 @@ def test_dataset_instances_and_cached_weights(tmp_path: Path) -> None:
     assert calls == [9]
     assert dataset.report is not None
     assert "instance masks: 2-2 objects per mask" in dataset.report.notices
+    # Objects 4 (3×3 = 9 px) and 9 (4×4 = 16 px): √(4·9/π) = 3.385 and √(4·16/π) = 4.514 px.
+    np.testing.assert_allclose(dataset.report.object_diameters, [3.3851375, 4.5135167])
     with pytest.raises(ValueError, match="every sample needs a mask"):
         SegmentationDataset([Sample(root / "images" / "cell.png", None, "cell")])
 

@@ -212,6 +212,31 @@ def test_job_with_a_diameter_equals_the_segmenter(instance_checkpoint, sample):
     np.testing.assert_array_equal(result.instances, expected.instances)
 
 
+def test_job_with_an_auto_diameter_makes_the_second_pass_as_the_segmenter(
+    instance_checkpoint, sample
+):
+    """diameter="auto": the job measures its first pass and segments again, as `predict`."""
+    from pixelwise.segmenter import median_diameter
+
+    meta = pixelwise.read_metadata(instance_checkpoint)
+    model = pixelwise.load(instance_checkpoint)
+    first = Segmenter(model, meta=meta, tile_size=TILE, device="cpu").predict(sample)
+    measured = median_diameter(first.instances, min_objects=3)
+    assert measured is not None
+    meta["object_diameter"] = measured / 2  # the model's objects were half as large: shrink 2×
+    segmenter = Segmenter(model, meta=meta, diameter="auto", tile_size=TILE, device="cpu")
+    assert segmenter.second_pass_scale(first) == pytest.approx(0.5)
+    progress, result = _drain(SegmentationJob(segmenter, sample).steps())
+    expected = segmenter.predict(sample)
+    np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+    np.testing.assert_array_equal(result.instances, expected.instances)
+    at_half = Segmenter(model, meta=meta, diameter=measured, tile_size=TILE, device="cpu")
+    np.testing.assert_array_equal(result.instances, at_half.predict(sample).instances)
+    plain = Segmenter(model, meta=meta, tile_size=TILE, device="cpu")
+    passes = [_drain(SegmentationJob(s, sample).steps())[0] for s in (plain, at_half)]
+    assert len(progress) == len(passes[0]) + len(passes[1])  # both passes report progress
+
+
 def test_sample_data_is_the_demo_image():
     viewer = ViewerModel()
     viewer.open_sample("pixelwise", "touching_cells")

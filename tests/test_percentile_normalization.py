@@ -3,6 +3,8 @@ object-size rescaling of `Segmenter(diameter=...)` and `PostProcessing.rescaled`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from pixelwise.data import PERCENTILE_NORMALIZATION, percentile_levels, to_chw_f
 from pixelwise.data import normalization as norm_module
 from pixelwise.inference.inputs import NormalizedImage
 from pixelwise.instances import PostProcessing
-from pixelwise.segmenter import Segmenter, resize
+from pixelwise.segmenter import Segmentation, Segmenter, resize
 from pixelwise.train import TrainConfig
 
 SYMMETRIC = {"method": "percentile", "low": 1.0, "high": 99.0, "invert": "auto"}
@@ -148,7 +150,61 @@ def test_diameter_resizes_to_the_training_object_size(tiny_unet) -> None:
 def test_diameter_is_checked(tiny_unet) -> None:
     model = tiny_unet(1, 3, padding="same")
     meta = {"target": "three-class", "object_diameter": 20.0}
-    with pytest.raises(ValueError, match=r"diameter must be .* \(a number > 0\), got -3"):
+    with pytest.raises(
+        ValueError, match=r"diameter must be .* \(a number > 0\) or \"auto\", got -3"
+    ):
         Segmenter(model, meta=meta, diameter=-3, device="cpu")
     with pytest.raises(ValueError, match="records its training objects' diameter"):
         Segmenter(model, meta={"target": "three-class"}, diameter=12, device="cpu")
+
+
+def test_auto_diameter_segments_again_at_the_measured_size(tiny_unet, monkeypatch) -> None:
+    """diameter="auto": a first pass as is, the median diameter of its objects, then a second
+    pass exactly as `diameter=<that median>`; none when the size is close or objects too few."""
+    import pixelwise.segmenter as segmenter_module
+
+    model = tiny_unet(1, 3, padding="same")
+    meta = {"target": "three-class", "object_diameter": 20.0}
+    image = np.random.default_rng(5).integers(0, 255, (30, 44)).astype(np.uint8)
+    found = np.zeros((30, 44), np.int32)  # the first pass's objects, fixed by hand:
+    found[0:4, 0:4], found[10:14, 10:14], found[20:24, 20:24] = 1, 2, 3  # 16 px each
+    diameter = math.sqrt(4 * 16 / math.pi)  # 4.514 px across → scale 20 / 4.514 = 4.43
+    assert segmenter_module.median_diameter(found) == pytest.approx(diameter)
+    assert segmenter_module.median_diameter(found, min_objects=4) is None
+    calls = []
+    real = segmenter_module.objects_from_probabilities
+
+    def first_pass_fixed(probs: np.ndarray, params: PostProcessing) -> np.ndarray:
+        calls.append(params)
+        return found.copy() if len(calls) == 1 else real(probs, params)
+
+    monkeypatch.setattr(segmenter_module, "objects_from_probabilities", first_pass_fixed)
+    auto = Segmenter(model, meta=meta, diameter="auto", device="cpu", progress=False)
+    assert auto.scale == 1.0 and auto.auto_diameter
+    result = auto.predict(image)
+    assert len(calls) == 2 and calls[1] == calls[0].rescaled(diameter / 20.0)
+    monkeypatch.setattr(segmenter_module, "objects_from_probabilities", real)
+    fixed = Segmenter(model, meta=meta, diameter=diameter, device="cpu", progress=False)
+    expected = fixed.predict(image)
+    np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+    np.testing.assert_array_equal(result.instances, expected.instances)
+    # Within the tolerance (20 / 1.1 = 18.2 px ≤ d ≤ 22 px) or under 3 objects: one pass.
+    close = Segmentation(expected.probabilities, expected.labels, np.where(found > 0, 1, 0))
+    assert auto.second_pass_scale(close) is None  # one object
+    big = np.zeros((60, 60), np.int32)
+    for i, (y, x) in enumerate([(0, 0), (20, 20), (40, 40)], 1):
+        big[y : y + 17, x : x + 18] = i  # 306 px: 19.7 px across
+    assert (
+        auto.second_pass_scale(Segmentation(expected.probabilities, expected.labels, big)) is None
+    )
+    assert fixed.second_pass_scale(expected) is None  # a fixed diameter: never
+
+
+def test_auto_diameter_needs_an_instance_model_with_a_recorded_size(tiny_unet) -> None:
+    model = tiny_unet(1, 3, padding="same")
+    with pytest.raises(ValueError, match='diameter="auto" measures the objects'):
+        Segmenter(model, meta={"target": "three-class"}, diameter="auto", device="cpu")
+    with pytest.raises(ValueError, match='diameter="auto" measures the objects'):
+        Segmenter(model, meta={"object_diameter": 20.0}, diameter="auto", device="cpu")
+    with pytest.raises(ValueError, match=r"or \"auto\", got 'big'"):
+        Segmenter(model, meta={"target": "three-class", "object_diameter": 20.0}, diameter="big")

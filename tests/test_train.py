@@ -398,6 +398,23 @@ def test_instance_run_records_target_object_scores_and_tuned_postprocessing(cell
     assert any("objects: DSB score" in m for m in messages)
     assert any(m.startswith("post-processing tuned on 2 validation images") for m in messages)
     assert result.best["metric"] == result.best["val_dsb_score"]
+    # The training objects' size, brute force over every mask (validation images included):
+    # an object of A pixels is √(4A/π) across.
+    from pixelwise.data.io import read_image
+
+    masks = [read_image(path) for path in sorted((cells / "masks").iterdir())]
+    areas = np.concatenate([np.bincount(m.ravel())[1:] for m in masks])
+    diameters = np.sqrt(4 * areas[areas > 0] / np.pi)
+    assert best["object_diameter"] == pytest.approx(np.median(diameters))
+    low, high = best["object_diameter_range"]
+    assert (low, high) == pytest.approx(tuple(np.percentile(diameters, [5, 95])))
+    assert last["object_diameter"] == best["object_diameter"]
+    # ... which is what a Segmenter's diameter rescales to: objects twice that size → images
+    # halved.
+    segmenter = pixelwise.Segmenter.from_checkpoint(
+        result.out / "best.safetensors", diameter=2 * best["object_diameter"]
+    )
+    assert segmenter.scale == pytest.approx(0.5)
 
 
 def test_distance_target_run_learns_the_bands_and_tunes_their_seeds(cells, tmp_path):

@@ -126,6 +126,15 @@ def test_predict_with_a_shipped_model(nuclei_image: Path, tmp_path: Path, capsys
     assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "c"),
                  "--instances", "--no-progress", "--diameter", str(diameter)]) == 0  # fmt: skip
     np.testing.assert_array_equal(read_image(tmp_path / "c" / "instances" / "blobs.tif"), objects)
+    # --diameter auto: the objects Segmenter(diameter="auto") makes.
+    assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "d"),
+                 "--instances", "--no-progress", "--diameter", "auto"]) == 0  # fmt: skip
+    auto = pixelwise.pretrained("nuclei", diameter="auto", device="cpu").predict(
+        read_image(nuclei_image)
+    )
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "d" / "instances" / "blobs.tif"), auto.instances
+    )
 
 
 def test_predict_errors_name_the_fix(nuclei_image: Path, tmp_path: Path, capsys) -> None:
@@ -138,6 +147,12 @@ def test_predict_errors_name_the_fix(nuclei_image: Path, tmp_path: Path, capsys)
     assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", out,
                  "--diameter", "0"]) == 2  # fmt: skip
     assert "diameter must be the objects' typical diameter in pixels" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", "nuclei", str(nuclei_image), "--out", out,
+              "--diameter", "big"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected the objects' diameter in pixels (e.g. 30) or auto, got 'big'" in err
 
 
 def test_models_command_lists_the_cards(capsys) -> None:

@@ -72,6 +72,18 @@ def _parse_model_arg(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
+def _parse_diameter(text: str) -> float | str:
+    """--diameter: a number of pixels or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected the objects' diameter in pixels (e.g. 30) or auto, got {text!r}"
+        ) from None
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """Every TrainConfig field as a flag (`patch_size` → `--patch-size`), with the field's help
     and its defaults (plain, and with --instances: `pixelwise.train.config.default_help`)."""
@@ -479,11 +491,13 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--diameter",
-        type=float,
-        metavar="PX",
+        type=_parse_diameter,
+        metavar="PX|auto",
         help="typical object diameter in the images, in pixels: each image is resized so its "
-        "objects match the model's training size (models recording one, as the shipped ones; "
-        "default: as is)",
+        "objects match the model's training size (instance checkpoints record it, as the "
+        "shipped ones); auto: measured per image from a first segmentation, which is redone "
+        "at that size when it differs by over 10%% (images of another magnification); "
+        "default: as is",
     )
     p.add_argument("--out", required=True, help="output folder")
     # Canonical spellings match train's (--batch-size, --patch-size); --tile, --batch,

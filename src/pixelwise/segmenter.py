@@ -40,7 +40,16 @@ from pixelwise.instances import (
 from pixelwise.precision import Precision, merge_older_spelling, resolve_precision
 from pixelwise.tiling import PredictOptions
 
-__all__ = ["Segmentation", "Segmenter"]
+__all__ = ["AUTO_MIN_OBJECTS", "AUTO_TOLERANCE", "Segmentation", "Segmenter", "median_diameter"]
+
+AUTO_TOLERANCE = 1.1
+"""`diameter="auto"` segments an image a second time only when its measured diameter differs
+from the recorded one by more than this factor (either way): closer, the resize would barely
+change the objects."""
+
+AUTO_MIN_OBJECTS = 3
+"""`diameter="auto"` keeps the first segmentation when it found fewer objects than this (too
+few to measure a size from)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,12 @@ class Segmenter:
             post-processing's sizes follow (`PostProcessing.rescaled(1 / scale)`). None: as is.
             A `postprocessing` given with it is rescaled too, so give its sizes at the
             checkpoint's scale: replace fields of `postprocessing_from_metadata(meta)`, not of
-            a diameter segmenter's `.postprocessing`, which is already rescaled.
+            a diameter segmenter's `.postprocessing`, which is already rescaled. "auto" (instance
+            models): measured per image, as Cellpose refines its size estimate from a first
+            segmentation: the image is segmented as is, the median equivalent diameter of its
+            objects (`median_diameter`) is taken as `diameter`, and the image is segmented
+            again at that scale unless it is within `AUTO_TOLERANCE` of the recorded size
+            (or fewer than `AUTO_MIN_OBJECTS` objects were found: kept as is).
         **option_overrides: `PredictOptions` fields replacing those of `options` (tile_size,
             tta, device, ...).
 
@@ -99,8 +113,8 @@ class Segmenter:
         ValueError: an option the model cannot use (validated once, here), post-processing
             for another number of classes than the model's, a `precision` not in
             `pixelwise.precision.PRECISIONS` or one that disagrees with `autocast`, a
-            `diameter` that is not a number > 0 or for a checkpoint recording no
-            "object_diameter".
+            `diameter` that is not a number > 0 or "auto", or for a checkpoint recording no
+            "object_diameter" ("auto" also for a model without post-processing).
 
     Warns:
         InputWarning: bf16 or fp16 asked for on a CPU that emulates it (slow).
@@ -114,7 +128,7 @@ class Segmenter:
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
         precision: str = "auto",
-        diameter: float | None = None,
+        diameter: float | str | None = None,
         **option_overrides: Any,
     ) -> None:
         self.model = model
@@ -128,14 +142,21 @@ class Segmenter:
                 f"postprocessing must be a PostProcessing or None, got "
                 f"{type(postprocessing).__name__}; build one with PostProcessing(target=...)"
             )
-        self.scale = _scale(diameter, self.meta)
-        self.postprocessing = postprocessing or postprocessing_from_metadata(self.meta)
-        if self.postprocessing is not None and self.scale != 1.0:
-            self.postprocessing = self.postprocessing.rescaled(1.0 / self.scale)
+        self.auto_diameter = diameter == "auto"
+        self.scale = _scale(None if self.auto_diameter else diameter, self.meta)
+        self._recorded_postprocessing = postprocessing or postprocessing_from_metadata(self.meta)
+        self.postprocessing = self._postprocessing_at(self.scale)
         hparams = getattr(model, "hparams", {})
         self.num_classes: int | None = hparams.get("num_classes")
         self.in_channels: int | None = hparams.get("in_channels")
         pp = self.postprocessing
+        if self.auto_diameter and (pp is None or not _recorded_diameter(self.meta)):
+            raise ValueError(
+                'diameter="auto" measures the objects of a first segmentation, so it needs an '
+                "instance model whose checkpoint records its training objects' diameter "
+                '("object_diameter" in its metadata: instance training runs record it); give '
+                "the diameter in pixels instead, or leave it out"
+            )
         if pp is not None and self.num_classes not in (None, pp.num_classes):
             raise ValueError(
                 f"post-processing for target {pp.target!r} needs a model with "
@@ -151,7 +172,7 @@ class Segmenter:
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
         precision: str = "auto",
-        diameter: float | None = None,
+        diameter: float | str | None = None,
         **option_overrides: Any,
     ) -> Segmenter:
         """Load a `.safetensors` checkpoint (`pixelwise.checkpoint.load_state`) and keep its
@@ -207,18 +228,43 @@ class Segmenter:
             DataError: NaN values, or a dtype or channel count unlike the training images.
             ValueError: not an (H, W) or (H, W, C) image with the model's channel count.
         """
-        x = self.network_input(image, source=source)  # (C, h, w) float32
-        probs = tiling.predict(self.model, x, options=self.options, output="probs")  # (K, h, w)
-        return self.segmentation(probs, shape=np.shape(image)[:2])
+        result = self._predict_at(image, self.scale, source)
+        scale = self.second_pass_scale(result)
+        return result if scale is None else self._predict_at(image, scale, source)
 
-    def network_input(self, image: np.ndarray, *, source: str | None = None) -> np.ndarray:
-        """`to_input`, resized by `scale` when a `diameter` was given: (C, h, w) float32 with
-        h = round(H · scale), w = round(W · scale) (objects at the training size)."""
+    def _predict_at(self, image: np.ndarray, scale: float, source: str | None) -> Segmentation:
+        x = self.network_input(image, source=source, scale=scale)  # (C, h, w) float32
+        probs = tiling.predict(self.model, x, options=self.options, output="probs")  # (K, h, w)
+        return self.segmentation(probs, shape=np.shape(image)[:2], scale=scale)
+
+    def second_pass_scale(self, first: Segmentation) -> float | None:
+        """With `diameter="auto"`: the scale to segment the image again at, from the objects
+        of its first segmentation (`first`, made at scale 1); None when no second pass is
+        due (a fixed or no diameter, too few objects, or a size within `AUTO_TOLERANCE`).
+
+        Worked example: recorded diameter 24 px, the first pass finds objects of median
+        diameter 12 px: scale 24 / 12 = 2, the image is segmented again enlarged twice.
+        """
+        if not self.auto_diameter or first.instances is None:
+            return None
+        measured = median_diameter(first.instances, min_objects=AUTO_MIN_OBJECTS)
+        if measured is None:
+            return None
+        scale = _scale(measured, self.meta)
+        return None if abs(math.log(scale)) <= math.log(AUTO_TOLERANCE) else scale
+
+    def network_input(
+        self, image: np.ndarray, *, source: str | None = None, scale: float | None = None
+    ) -> np.ndarray:
+        """`to_input`, resized by `scale` (default `self.scale`, set by a `diameter`): (C, h,
+        w) float32 with h = round(H · scale), w = round(W · scale) (objects at the training
+        size)."""
         x = self.to_input(image, source=source)  # (C, H, W)
-        if self.scale == 1.0:
+        scale = self.scale if scale is None else scale
+        if scale == 1.0:
             return x
         height, width = x.shape[1:]
-        return resize(x, (max(1, round(height * self.scale)), max(1, round(width * self.scale))))
+        return resize(x, (max(1, round(height * scale)), max(1, round(width * scale))))
 
     def to_input(self, image: np.ndarray, *, source: str | None = None) -> np.ndarray:
         """(H, W) or (H, W, C) raw pixels → the (C, H, W) float32 network input, normalised as
@@ -237,20 +283,32 @@ class Segmenter:
         return to_chw_float(image, normalization=self.normalization, source=source)
 
     def segmentation(
-        self, probabilities: np.ndarray, *, shape: tuple[int, int] | None = None
+        self,
+        probabilities: np.ndarray,
+        *,
+        shape: tuple[int, int] | None = None,
+        scale: float | None = None,
     ) -> Segmentation:
         """The `Segmentation` of (K, h, w) probabilities: class map and, for instance models,
-        objects (`objects_from_probabilities` with `self.postprocessing`) and their scores.
-        `shape` (H, W), the image's, resizes probabilities of the `network_input`'s size back
-        first (bilinear: they still sum to 1); None: they are the image's size."""
+        objects (`objects_from_probabilities` with the post-processing for `scale`, default
+        `self.scale`: `self.postprocessing`) and their scores. `shape` (H, W), the image's,
+        resizes probabilities of the `network_input`'s size back first (bilinear: they still
+        sum to 1); None: they are the image's size."""
+        postprocessing = self.postprocessing if scale is None else self._postprocessing_at(scale)
         if shape is not None:
             probabilities = resize(probabilities, tuple(shape))  # (K, H, W)
         labels = probabilities.argmax(axis=0)  # (H, W)
         labels = labels.astype(np.uint8 if probabilities.shape[0] <= 256 else np.uint16)
-        if self.postprocessing is None:
+        if postprocessing is None:
             return Segmentation(probabilities, labels)
-        objects = objects_from_probabilities(probabilities, self.postprocessing)  # (H, W)
+        objects = objects_from_probabilities(probabilities, postprocessing)  # (H, W)
         return Segmentation(probabilities, labels, objects, object_scores(probabilities, objects))
+
+    def _postprocessing_at(self, scale: float) -> PostProcessing | None:
+        """The recorded (or given) post-processing for images resized by `scale`: its sizes
+        at the image's scale (`PostProcessing.rescaled(1 / scale)`)."""
+        recorded = self._recorded_postprocessing
+        return recorded if recorded is None or scale == 1.0 else recorded.rescaled(1.0 / scale)
 
     def __repr__(self) -> str:
         name = type(self.model).__name__
@@ -276,6 +334,26 @@ def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return y[0].numpy()
 
 
+def median_diameter(labels: np.ndarray, *, min_objects: int = 1) -> float | None:
+    """The median equivalent-circle diameter √(4·area/π) of the objects of a label map, in
+    pixels (an object of 314 pixels is 20 px across); None with fewer than `min_objects`.
+
+    Args:
+        labels: (H, W) integer object ids, 0 = background.
+        min_objects: the fewest objects to measure from.
+    """
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    areas = areas[areas > 0]
+    if areas.size < max(min_objects, 1):
+        return None
+    return float(np.median(np.sqrt(4.0 * areas / np.pi)))
+
+
+def _recorded_diameter(meta: dict[str, Any]) -> bool:
+    recorded = meta.get("object_diameter")
+    return isinstance(recorded, int | float) and recorded > 0
+
+
 def _scale(diameter: float | None, meta: dict[str, Any]) -> float:
     """The resize factor for objects of `diameter` pixels: recorded diameter / `diameter`."""
     if diameter is None:
@@ -287,17 +365,17 @@ def _scale(diameter: float | None, meta: dict[str, Any]) -> float:
         and diameter > 0
     ):
         raise ValueError(
-            f"diameter must be the objects' typical diameter in pixels (a number > 0), got "
-            f"{diameter!r}"
+            f"diameter must be the objects' typical diameter in pixels (a number > 0) or "
+            f'"auto", got {diameter!r}'
         )
-    recorded = meta.get("object_diameter")
-    if not (isinstance(recorded, int | float) and recorded > 0):
+    if not _recorded_diameter(meta):
         raise ValueError(
             "diameter needs a checkpoint that records its training objects' diameter "
-            '("object_diameter" in its metadata, as the shipped models do); this one does '
-            "not: resize the images yourself, or leave diameter out"
+            '("object_diameter" in its metadata: instance training runs record it, and the '
+            "shipped models have it); this one does not (a semantic model, or one trained "
+            "before runs recorded it): resize the images yourself, or leave diameter out"
         )
-    return float(recorded) / float(diameter)
+    return float(meta["object_diameter"]) / float(diameter)
 
 
 def _resolve_precision(precision: str, options: PredictOptions, model: nn.Module) -> Precision:

@@ -80,7 +80,8 @@ class DecodedMask(NamedTuple):
         binary_255: the stored mask was 0/255 and was read as 0/1.
         values: distinct values of ``mask`` (sorted).
         counts: pixel count of each value in ``values``.
-        n_objects: number of distinct non-zero instance ids (0 for class masks).
+        object_sizes: (N,) int64 pixels of each non-zero instance id, in id order (instance
+            masks; empty for class masks).
     """
 
     mask: np.ndarray
@@ -88,7 +89,12 @@ class DecodedMask(NamedTuple):
     binary_255: bool
     values: np.ndarray
     counts: np.ndarray
-    n_objects: int = 0
+    object_sizes: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    @property
+    def n_objects(self) -> int:
+        """Number of distinct non-zero instance ids (0 for class masks)."""
+        return int(self.object_sizes.size)
 
 
 def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +315,6 @@ def _decode(raw: np.ndarray, encoding: MaskEncoding, name: str) -> DecodedMask:
             )
         instances = raw.astype(np.int64)
         background = int(counts[0]) if values.size and values[0] == 0 else 0
-        n_objects = int(np.count_nonzero(values))
         semantic = np.array([0, 1], dtype=np.int64)
         pixel_counts = np.array([background, int(counts.sum()) - background], dtype=np.int64)
         present = pixel_counts > 0
@@ -319,7 +324,7 @@ def _decode(raw: np.ndarray, encoding: MaskEncoding, name: str) -> DecodedMask:
             False,
             semantic[present],
             pixel_counts[present],
-            n_objects,
+            counts[values > 0].astype(np.int64),
         )
     if _looks_lossy(raw.dtype, values, counts, encoding):
         raise data_error(

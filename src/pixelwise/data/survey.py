@@ -47,6 +47,9 @@ class SurveyReport:
         ignore_pixels: pixels equal to ``ignore_index``.
         normalization: per-channel ``{"mean", "std", "scale"}`` of the images, measured over every
             pixel after dtype scaling (``None`` when no image could be read).
+        object_diameters: (N,) float64 equivalent-circle diameter √(4·area/π) in pixels of
+            every object of the instance masks (empty for class masks); e.g. an object of 314
+            pixels is 20.0 px across.
     """
 
     problems: list[Problem]
@@ -59,6 +62,7 @@ class SurveyReport:
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     ignore_pixels: int = 0
     normalization: dict[str, Any] | None = None
+    object_diameters: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def ok(self) -> bool:
@@ -164,6 +168,7 @@ class _Tally:
     binary_files: int = 0  # masks stored as 0/255 and read as 0/1
     multi_class_files: list[tuple[str, int]] = field(default_factory=list)  # (where, top label)
     objects: list[int] = field(default_factory=list)  # instances per instance mask
+    object_sizes: list[np.ndarray] = field(default_factory=list)  # their pixels, per mask
     max_label_dtype: tuple[int, str] = (-1, "")  # highest label and its mask's dtype
 
     def add(self, sample: Sample, decoded: DecodedMask, dtype: str, encoding: MaskEncoding) -> None:
@@ -179,6 +184,7 @@ class _Tally:
             self.multi_class_files.append((location(sample.mask_path, sample.page), top))
         if encoding.instances:
             self.objects.append(decoded.n_objects)
+            self.object_sizes.append(decoded.object_sizes)
 
 
 def _start(
@@ -325,6 +331,8 @@ def survey_dataset(
         if checked.mask is not None:
             tally.add(sample, checked.mask, checked.mask_dtype or "", encoding)
     _measure_normalization(image_keys, moments, report)
+    if tally.object_sizes:
+        report.object_diameters = np.sqrt(4.0 * np.concatenate(tally.object_sizes) / np.pi)
     _label_encoding_remarks(tally, report)
     _resolve_classes(tally, report)
     if not items and not report.problems:

@@ -79,7 +79,7 @@ def predict_files(
     instances: bool = False,
     postprocessing: PostProcessing | None = None,
     precision: str = "auto",
-    diameter: float | None = None,
+    diameter: float | str | None = None,
     output_format: str = "png",
     channel: int | None = None,
     level: int = 0,
@@ -115,7 +115,8 @@ def predict_files(
             was chosen and why).
         diameter: the objects' typical diameter in the images, in pixels: each image is
             resized to the checkpoint's recorded "object_diameter" for inference and its maps
-            back (`pixelwise.Segmenter`'s `diameter`; images held in memory only).
+            back (`pixelwise.Segmenter`'s `diameter`; images held in memory only); "auto":
+            measured per image from a first segmentation.
         output_format: "png" (palette PNG class maps), "tif" (grayscale TIFF class ids) or
             "ome-zarr" (NGFF label images, `pixelwise.inference.ome_zarr`).
         channel: predict only this channel of multi-channel images (`--channel`); None
@@ -285,12 +286,16 @@ def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunL
         return _predict_in_memory(
             run, np.asarray(image), here, name, path.name, page, pixel_size=image.pixel_size
         )
-    if run.segmenter.scale != 1.0:
+    if run.segmenter.scale != 1.0 or run.segmenter.auto_diameter:
+        how = (
+            "measure its objects' size on a crop with --diameter auto"
+            if run.segmenter.auto_diameter
+            else f"scale {run.segmenter.scale:.3g}"
+        )
         raise DataError(
             f"{here}: {image.shape[0]}×{image.shape[1]} pixels exceed stream_pixels="
             f"{run.stream_pixels}, and a streamed image cannot be resized for --diameter; "
-            f"resize it to the model's object size beforehand (scale {run.segmenter.scale:.3g}), "
-            f"or leave --diameter out"
+            f"resize it to the model's object size beforehand ({how}), or leave --diameter out"
         )
     outputs = run.outputs
     wanted = (
@@ -319,7 +324,7 @@ def _predict_in_memory(
 ) -> list[Path]:
     """Predict an image held in memory and write every requested output."""
     outputs, segmenter = run.outputs, run.segmenter
-    if not outputs.wants_probs and segmenter.scale == 1.0:
+    if not outputs.wants_probs and segmenter.scale == 1.0 and not segmenter.auto_diameter:
         x = segmenter.to_input(image, source=here)  # (C, H, W)
         labels = tiling.predict(segmenter.model, x, options=segmenter.options, output="labels")
         return outputs.write(

@@ -59,8 +59,17 @@ class SegmentationJob:
         """
         if self.cancelled:
             return None
+        result = yield from self._segment(self.segmenter.scale)
+        # diameter="auto": again at the size the first pass measured (as Segmenter.predict).
+        scale = None if result is None else self.segmenter.second_pass_scale(result)
+        if scale is not None:
+            result = yield from self._segment(scale)
+        return result
+
+    def _segment(self, scale: float) -> Generator[Progress, None, Segmentation | None]:
+        """One pass at `scale` (the image resized by it for the network), as `steps`."""
         segmenter = self.segmenter
-        x = segmenter.network_input(self.image, source=self.source)  # (C, h, w) float32
+        x = segmenter.network_input(self.image, source=self.source, scale=scale)  # (C, h, w)
         tiles = iter_predict(segmenter.model, x, options=segmenter.options)
         try:
             while True:
@@ -74,4 +83,4 @@ class SegmentationJob:
                     return None
         finally:
             tiles.close()  # restores the model's mode, device and memory format
-        return segmenter.segmentation(probabilities, shape=np.shape(self.image)[:2])
+        return segmenter.segmentation(probabilities, shape=np.shape(self.image)[:2], scale=scale)

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -336,8 +337,10 @@ def make_loader(
 
 
 def _checkpoint_meta(cfg: TrainConfig, train_ds: SegmentationDataset) -> dict[str, Any]:
-    """Metadata of every checkpoint of the run: what prediction needs, and the config; the
-    `target` of an instance run (so that even an interrupted run's checkpoints have it)."""
+    """Metadata of every checkpoint of the run: what prediction needs, and the config; for an
+    instance run its `target` (so that even an interrupted run's checkpoints have it) and the
+    training objects' median equivalent diameter with its 5th-95th percentiles (over every
+    instance mask of the training data, validation images included)."""
     names = cfg.class_names
     if names is None and cfg.target is not None:
         names = list(TARGET_CLASS_NAMES[cfg.target])
@@ -349,4 +352,9 @@ def _checkpoint_meta(cfg: TrainConfig, train_ds: SegmentationDataset) -> dict[st
     }
     if cfg.target is not None:
         meta["target"] = cfg.target
+    diameters = train_ds.report.object_diameters if train_ds.report is not None else ()
+    if cfg.target is not None and len(diameters):
+        # What `Segmenter(diameter=...)` / `predict --diameter` rescale new images to.
+        meta["object_diameter"] = float(np.median(diameters))
+        meta["object_diameter_range"] = [float(v) for v in np.percentile(diameters, [5, 95])]
     return meta

@@ -11,6 +11,7 @@ the tests reproduce.
     result = segmenter.predict(image)                      # raw gray image, any bit depth
     result.instances                                       # (H, W) one id per nucleus
     pixelwise.pretrained("nuclei", diameter=30)            # nuclei about 30 pixels across
+    pixelwise.pretrained("nuclei", diameter="auto")        # measured per image, then again
 
 The command line names them where it takes a checkpoint: `pixelwise predict --model nuclei
 IMAGES --out OUT --instances`, `pixelwise train DATA --instances --init nuclei --normalize
@@ -77,7 +78,8 @@ def pretrained(name: str = "nuclei", **options: Any):
     Args:
         name: one of `MODELS` ("nuclei": 2-D fluorescence nuclei, gray; see `model_card`).
         **options: as for `pixelwise.Segmenter.from_checkpoint`: `diameter=` (the nuclei's
-            typical diameter in pixels when it differs from the card's `object_diameter`),
+            typical diameter in pixels when it differs from the card's `object_diameter`, or
+            "auto": measured per image from a first segmentation),
             `tta=`, `precision=`, `device=`, `postprocessing=`, ...
 
     Raises:
