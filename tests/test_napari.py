@@ -231,7 +231,9 @@ def test_job_with_an_auto_diameter_makes_the_second_pass_as_the_segmenter(
     np.testing.assert_array_equal(result.probabilities, expected.probabilities)
     np.testing.assert_array_equal(result.instances, expected.instances)
     at_half = Segmenter(model, meta=meta, diameter=measured, tile_size=TILE, device="cpu")
-    np.testing.assert_array_equal(result.instances, at_half.predict(sample).instances)
+    second = at_half.predict(sample)
+    stands = second if segmenter.second_pass_agrees(second, 0.5) else first
+    np.testing.assert_array_equal(result.instances, stands.instances)
     plain = Segmenter(model, meta=meta, tile_size=TILE, device="cpu")
     passes = [_drain(SegmentationJob(s, sample).steps())[0] for s in (plain, at_half)]
     assert len(progress) == len(passes[0]) + len(passes[1])  # both passes report progress

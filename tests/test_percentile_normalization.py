@@ -160,44 +160,55 @@ def test_diameter_is_checked(tiny_unet) -> None:
 
 def test_auto_diameter_segments_again_at_the_measured_size(tiny_unet, monkeypatch) -> None:
     """diameter="auto": a first pass as is, the median diameter of its objects, then a second
-    pass exactly as `diameter=<that median>`; none when the size is close or objects too few."""
+    pass exactly as `diameter=<that median>`, kept if its objects agree with that size; one
+    pass when the size is close or the objects too few."""
     import pixelwise.segmenter as segmenter_module
 
     model = tiny_unet(1, 3, padding="same")
     meta = {"target": "three-class", "object_diameter": 20.0}
     image = np.random.default_rng(5).integers(0, 255, (30, 44)).astype(np.uint8)
-    found = np.zeros((30, 44), np.int32)  # the first pass's objects, fixed by hand:
-    found[0:4, 0:4], found[10:14, 10:14], found[20:24, 20:24] = 1, 2, 3  # 16 px each
-    diameter = math.sqrt(4 * 16 / math.pi)  # 4.514 px across → scale 20 / 4.514 = 4.43
-    assert segmenter_module.median_diameter(found) == pytest.approx(diameter)
-    assert segmenter_module.median_diameter(found, min_objects=4) is None
-    calls = []
-    real = segmenter_module.objects_from_probabilities
 
-    def first_pass_fixed(probs: np.ndarray, params: PostProcessing) -> np.ndarray:
-        calls.append(params)
-        return found.copy() if len(calls) == 1 else real(probs, params)
+    def squares(side: int) -> np.ndarray:  # three objects of side² pixels
+        labels = np.zeros((30, 44), np.int32)
+        for i, corner in enumerate((0, 10, 20), 1):
+            labels[corner : corner + side, corner : corner + side] = i
+        return labels
 
-    monkeypatch.setattr(segmenter_module, "objects_from_probabilities", first_pass_fixed)
-    auto = Segmenter(model, meta=meta, diameter="auto", device="cpu", progress=False)
-    assert auto.scale == 1.0 and auto.auto_diameter
-    result = auto.predict(image)
-    assert len(calls) == 2 and calls[1] == calls[0].rescaled(diameter / 20.0)
-    monkeypatch.setattr(segmenter_module, "objects_from_probabilities", real)
+    diameter = math.sqrt(4 * 16 / math.pi)  # 4×4 squares: 4.514 px → scale 20 / 4.514 = 4.43
+    assert segmenter_module.median_diameter(squares(4)) == pytest.approx(diameter)
+    assert segmenter_module.median_diameter(squares(4), min_objects=4) is None
+    plain = Segmenter(model, meta=meta, device="cpu", progress=False).predict(image)
     fixed = Segmenter(model, meta=meta, diameter=diameter, device="cpu", progress=False)
-    expected = fixed.predict(image)
-    np.testing.assert_array_equal(result.probabilities, expected.probabilities)
-    np.testing.assert_array_equal(result.instances, expected.instances)
+    at_measured = fixed.predict(image)
+    for second_side, kept in ((4, at_measured), (9, plain)):
+        # The passes' objects fixed by hand: 4×4 squares, then squares of `second_side`,
+        # which agree with 4.5 px (4×4) or not (9×9: 10.2 px, 2.25× off; the limit is 1.25×).
+        calls: list[PostProcessing] = []
+
+        def by_hand(probs, params, side=second_side, calls=calls) -> np.ndarray:
+            calls.append(params)
+            return squares(4 if len(calls) == 1 else side)
+
+        monkeypatch.setattr(segmenter_module, "objects_from_probabilities", by_hand)
+        auto = Segmenter(model, meta=meta, diameter="auto", device="cpu", progress=False)
+        assert auto.scale == 1.0 and auto.auto_diameter
+        result = auto.predict(image)
+        assert len(calls) == 2 and calls[1] == calls[0].rescaled(diameter / 20.0)
+        np.testing.assert_array_equal(result.probabilities, kept.probabilities)
+        assert result.instances.max() == 3  # by_hand's squares, from the pass that stood
+    monkeypatch.undo()
+    scale = 20.0 / diameter
+    for side, agrees in ((4, True), (9, False)):
+        second = Segmentation(plain.probabilities, plain.labels, squares(side))
+        assert auto.second_pass_agrees(second, scale) is agrees
     # Within the tolerance (20 / 1.1 = 18.2 px ≤ d ≤ 22 px) or under 3 objects: one pass.
-    close = Segmentation(expected.probabilities, expected.labels, np.where(found > 0, 1, 0))
-    assert auto.second_pass_scale(close) is None  # one object
+    one = Segmentation(plain.probabilities, plain.labels, (squares(4) > 0).astype(np.int32))
+    assert auto.second_pass_scale(one) is None
     big = np.zeros((60, 60), np.int32)
     for i, (y, x) in enumerate([(0, 0), (20, 20), (40, 40)], 1):
         big[y : y + 17, x : x + 18] = i  # 306 px: 19.7 px across
-    assert (
-        auto.second_pass_scale(Segmentation(expected.probabilities, expected.labels, big)) is None
-    )
-    assert fixed.second_pass_scale(expected) is None  # a fixed diameter: never
+    assert auto.second_pass_scale(Segmentation(plain.probabilities, plain.labels, big)) is None
+    assert fixed.second_pass_scale(at_measured) is None  # a fixed diameter: never
 
 
 def test_auto_diameter_needs_an_instance_model_with_a_recorded_size(tiny_unet) -> None:

@@ -496,7 +496,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="typical object diameter in the images, in pixels: each image is resized so its "
         "objects match the model's training size (instance checkpoints record it, as the "
         "shipped ones); auto: measured per image from a first segmentation, which is redone "
-        "at that size when it differs by over 10%% (images of another magnification); "
+        "at that size when it differs by over 10%% and kept if its objects agree (images of "
+        "another magnification); "
         "default: as is",
     )
     p.add_argument("--out", required=True, help="output folder")

@@ -62,8 +62,11 @@ class SegmentationJob:
         result = yield from self._segment(self.segmenter.scale)
         # diameter="auto": again at the size the first pass measured (as Segmenter.predict).
         scale = None if result is None else self.segmenter.second_pass_scale(result)
-        if scale is not None:
-            result = yield from self._segment(scale)
+        if scale is None:
+            return result
+        second = yield from self._segment(scale)
+        if second is None or self.segmenter.second_pass_agrees(second, scale):
+            return second
         return result
 
     def _segment(self, scale: float) -> Generator[Progress, None, Segmentation | None]:
