@@ -30,6 +30,7 @@ from torch import nn
 from pixelwise import tiling
 from pixelwise.checkpoint import load_state
 from pixelwise.data import to_chw_float
+from pixelwise.data.survey import equivalent_diameters
 from pixelwise.distributed import select_device
 from pixelwise.instances import (
     PostProcessing,
@@ -377,7 +378,7 @@ def median_diameter(labels: np.ndarray, *, min_objects: int = 1) -> float | None
     areas = areas[areas > 0]
     if areas.size < max(min_objects, 1):
         return None
-    return float(np.median(np.sqrt(4.0 * areas / np.pi)))
+    return float(np.median(equivalent_diameters(areas)))
 
 
 def _recorded_diameter(meta: dict[str, Any]) -> bool:
