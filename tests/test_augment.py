@@ -185,6 +185,57 @@ def test_augment_dim_keeps_the_background_and_dims_by_at_most_its_factor():
     assert np.mean(np.log(factors)) == pytest.approx(np.log(0.25) / 2, abs=0.07)
 
 
+def test_blur_is_scipys_gaussian_per_channel():
+    from scipy import ndimage
+
+    from pixelwise.augment import blur
+
+    image = np.stack([smooth_image((32, 32), seed=s) for s in range(2)])
+    np.testing.assert_array_equal(blur(image, 0.0), image)
+    for channel in range(2):
+        np.testing.assert_allclose(
+            blur(image, 1.5)[channel],
+            ndimage.gaussian_filter(image[channel], 1.5, mode="mirror"),
+            atol=1e-6,
+        )
+    # The blur keeps the mean of a mirrored image and lowers its variance.
+    assert blur(image, 1.5).mean() == pytest.approx(image.mean(), abs=1e-3)
+    assert blur(image, 1.5).std() < image.std()
+
+
+def test_add_noise_has_the_asked_std_in_units_of_the_value_range():
+    from pixelwise.augment import add_noise
+
+    image = np.zeros((512, 512), np.float32)
+    image[0, 0] = 2.0  # value range 2
+    noisy = add_noise(image, 0.05, np.random.default_rng(0))
+    assert noisy.dtype == np.float32
+    assert (noisy - image).std() == pytest.approx(0.1, rel=0.01)  # 0.05 × 2, 262,144 draws
+    flat = np.full((8, 8), 3.0, np.float32)
+    np.testing.assert_array_equal(add_noise(flat, 0.05, np.random.default_rng(0)), flat)
+
+
+def test_augment_blur_and_noise_keep_the_geometry_and_off_change_nothing():
+    image = smooth_image((48, 48))
+    mask = blocks((48, 48), size=6)
+    plain = Augment()
+    off = Augment(blur=0.0, noise=0.0)
+    both = Augment(blur=2.0, noise=0.1)
+    for seed in range(20):
+        a_image, a_mask, _ = plain(image, mask, rng=np.random.default_rng(seed))
+        o_image, _, _ = off(image, mask, rng=np.random.default_rng(seed))
+        b_image, b_mask, _ = both(image, mask, rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(o_image, a_image)  # off: the same draws, the same image
+        np.testing.assert_array_equal(b_mask, a_mask)  # the geometry is the same draw
+        assert not np.array_equal(b_image, a_image)
+        again, _, _ = both(image, mask, rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(again, b_image)  # seeded
+    with pytest.raises(ValueError, match=r"blur must be in \[0.0, 10.0\], got -1"):
+        Augment(blur=-1)
+    with pytest.raises(ValueError, match=r"noise must be in \[0.0, 1.0\], got 2"):
+        Augment(noise=2)
+
+
 def test_multichannel_image_warps_each_channel_alike():
     image = np.stack([smooth_image((40, 40), seed=s) for s in range(3)])
     transform = SpatialTransform(

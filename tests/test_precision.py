@@ -49,6 +49,7 @@ def test_native_bf16_and_fp16_from_flag_sets():
     assert native_bf16(AVX512_BF16) == "AVX512_BF16"
     assert native_bf16({"amx_bf16", "amx_tile"}) == "AMX"
     assert native_bf16({"AVX512_BF16"}) == "AVX512_BF16"  # case as some tools print it
+    assert native_bf16(SAPPHIRE_RAPIDS) == "AVX512_BF16 and AMX"  # the header names both
     assert native_bf16({"avx512f", "avx512_vnni"}) is None  # AVX-512 alone is not bf16
     assert native_fp16(AVX512_BF16) is None
     assert native_fp16(SAPPHIRE_RAPIDS) == "AVX512_FP16"
@@ -195,7 +196,7 @@ def test_precision_may_change_on_resume(discs, tmp_path, monkeypatch):
     second = train(_cfg(discs, out), resume=True, progress=False, log=lines.append)
     assert second.step == 2
     assert not any("changed settings" in line for line in lines), lines
-    assert any("precision bf16 (auto: CPU has AVX512_BF16)" in line for line in lines), lines
+    assert any("precision bf16 (auto: CPU has AVX512_BF16 and AMX)" in line for line in lines)
     assert "precision: auto" in (out / "config.yaml").read_text()
 
 

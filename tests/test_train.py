@@ -158,6 +158,10 @@ def test_config_errors(tmp_path):
         TrainConfig(data="x", zoom=0.8).check()
     with pytest.raises(ValueError, match=r"dim must be in \[0.01, 1\] \(1 = none, 0.3 = down"):
         TrainConfig(data="x", dim=0.0).check()
+    with pytest.raises(ValueError, match=r"blur must be in \[0, 10\] pixels \(0 = none"):
+        TrainConfig(data="x", blur=-0.5).check()
+    with pytest.raises(ValueError, match=r"noise must be in \[0, 1\] \(0 = none, 0.05 = up"):
+        TrainConfig(data="x", noise=1.5).check()
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ValueError, match="a config must be a mapping"):

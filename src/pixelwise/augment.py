@@ -1,5 +1,6 @@
 """The U-Net paper's data augmentation: elastic deformation, rotation, shift, flips, gray values;
-and two it does not use, a random zoom and a dimming, both off by default.
+and four it does not use: a random zoom and a dimming (off by default), a Gaussian blur and
+added noise (off in `Augment`; on in the instance training defaults).
 
 U-Net (Ronneberger et al. 2015, sec. 3.1) deforms training images with "random displacement
 vectors on a coarse 3 by 3 grid", drawn from a Gaussian with 10 pixels standard deviation, and
@@ -8,7 +9,12 @@ variations complete the augmentation. The zoom (`Augment(zoom=...)`, off by defa
 content by a random factor, as nnU-Net's scaling and Cellpose's size augmentation do, so that a
 model trained on nuclei of one size also meets smaller and larger ones; the dimming
 (`Augment(dim=...)`, off by default) does the same for brightness: objects dimmer than the
-training images' over the same background.
+training images' over the same background. The blur (`Augment(blur=...)`) and the noise
+(`Augment(noise=...)`) vary the optics and the camera, as nnU-Net's Gaussian blur and noise
+do; the noise matters for a second reason: resampling by the warp's bilinear interpolation
+smooths every training patch a little, so a model trained without it learns that smoothness
+and breaks sharper, noisier images of other microscopes into pieces (measured in
+benchmarks/nuclei_instances.py --split groups; see pixelwise.train.config.INSTANCE_DEFAULTS).
 
 Every geometric part (flips, rotation, zoom, shift, elastic field, output crop) is composed into
 ONE source-coordinate map per sample (`SpatialTransform.coordinates`), and each array is resampled
@@ -377,6 +383,27 @@ def adjust_gray(
     return out
 
 
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each channel of a (C, H, W) or (H, W) image by `sigma` pixels
+    (`scipy.ndimage.gaussian_filter`, mirrored borders); float32, unchanged for sigma 0."""
+    image = np.asarray(image, np.float32)
+    if sigma <= 0:
+        return image
+    sigmas = (0.0,) * (image.ndim - 2) + (sigma, sigma)
+    return ndi.gaussian_filter(image, sigmas, mode="mirror").astype(np.float32, copy=False)
+
+
+def add_noise(image: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """The image plus Gaussian noise of standard deviation `scale` × its value range (max −
+    min); float32. Worked example: an image spanning [0, 2] with scale 0.05 gets noise of
+    std 0.1."""
+    image = np.asarray(image, np.float32)
+    std = float(scale) * float(image.max() - image.min())
+    if not std > 0:
+        return image
+    return image + rng.normal(0.0, std, image.shape).astype(np.float32)
+
+
 def dim_above_minimum(image: np.ndarray, factor: float) -> np.ndarray:
     """lo + factor · (image − lo) with lo = image.min(): a fluorescence image's objects made
     dimmer (factor < 1) over an unchanged background; float32.
@@ -416,6 +443,11 @@ class Augment:
             above its minimum are scaled by a log-uniform factor in [f, 1] (the background
             stays, the objects dim), so that a model trained on bright nuclei also finds dim
             ones; 1 = none (the paper's).
+        blur: largest Gaussian blur in pixels: after the warp, the image is blurred by a sigma
+            uniform in [0, blur] (other optics, focus); 0 = none (the paper's).
+        noise: largest noise level: last, Gaussian noise of a standard deviation uniform in
+            [0, noise] × the patch's value range is added (other cameras; it also restores the
+            pixel noise that the warp's interpolation smooths away); 0 = none (the paper's).
         image_order: 1 (bilinear, default: meets the 20 ms budget at 512 × 512) or 3 (bicubic).
         out_size: (h, w) of a random crop taken after the transform, or None for the input
             size. The crop is folded into the coordinate map, so only the crop is computed.
@@ -437,6 +469,8 @@ class Augment:
         flip: bool = True,
         gray: float = 0.1,
         dim: float = 1.0,
+        blur: float = 0.0,
+        noise: float = 0.0,
         image_order: int = 1,
         out_size: tuple[int, int] | None = None,
     ) -> None:
@@ -447,6 +481,8 @@ class Augment:
         _check_range("zoom", zoom, 1.0, 4.0, "a largest zoom factor like 1.5 (1 = none)")
         _check_range("gray", gray, 0.0, 0.99, "a strength like 0.1")
         _check_range("dim", dim, 0.01, 1.0, "a smallest intensity factor like 0.3 (1 = none)")
+        _check_range("blur", blur, 0.0, 10.0, "a largest blur sigma in pixels like 1 (0 = none)")
+        _check_range("noise", noise, 0.0, 1.0, "a largest noise level like 0.05 (0 = none)")
         _check_image_order(image_order)
         if out_size is not None and not (
             len(out_size) == 2 and all(isinstance(n, int) and n >= 2 for n in out_size)
@@ -464,6 +500,8 @@ class Augment:
         self.flip = flip
         self.gray = gray
         self.dim = dim
+        self.blur = blur
+        self.noise = noise
         self.image_order = image_order
         self.out_size = None if out_size is None else (int(out_size[0]), int(out_size[1]))
 
@@ -517,6 +555,8 @@ class Augment:
         out_image, out_mask, out_weight = warp(
             transform, image, mask, weight, image_order=self.image_order
         )
+        if self.blur > 0:  # the optics, before the gray values and the camera's noise
+            out_image = blur(out_image, float(rng.uniform(0.0, self.blur)))
         if self.gray > 0:
             gamma, contrast, brightness = rng.uniform(-self.gray, self.gray, 3)
             out_image = adjust_gray(
@@ -527,6 +567,8 @@ class Augment:
             )
         if self.dim < 1:
             out_image = dim_above_minimum(out_image, math.exp(rng.uniform(math.log(self.dim), 0.0)))
+        if self.noise > 0:
+            out_image = add_noise(out_image, float(rng.uniform(0.0, self.noise)), rng)
         return out_image, out_mask, out_weight
 
     def __repr__(self) -> str:

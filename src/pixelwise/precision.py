@@ -102,16 +102,20 @@ def cpu_flags() -> frozenset[str]:
 
 
 def native_bf16(flags: Iterable[str]) -> str | None:
-    """The name of the first instruction set among `flags` that computes bf16 natively
-    (`NATIVE_BF16_FLAGS`: "AVX512_BF16", "AMX"), or None."""
-    present = {f.lower() for f in flags}
-    return next((name for flag, name in NATIVE_BF16_FLAGS.items() if flag in present), None)
+    """The names of the instruction sets among `flags` that compute bf16 natively
+    (`NATIVE_BF16_FLAGS`), joined: "AVX512_BF16", "AMX", "AVX512_BF16 and AMX"; or None."""
+    return _natives(flags, NATIVE_BF16_FLAGS)
 
 
 def native_fp16(flags: Iterable[str]) -> str | None:
     """As `native_bf16`, for fp16 (`NATIVE_FP16_FLAGS`)."""
+    return _natives(flags, NATIVE_FP16_FLAGS)
+
+
+def _natives(flags: Iterable[str], table: dict[str, str]) -> str | None:
     present = {f.lower() for f in flags}
-    return next((name for flag, name in NATIVE_FP16_FLAGS.items() if flag in present), None)
+    names = [name for flag, name in table.items() if flag in present]
+    return " and ".join(names) or None
 
 
 def merge_older_spelling(

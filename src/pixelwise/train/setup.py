@@ -318,6 +318,8 @@ def make_loader(
             flip=cfg.flip,
             gray=cfg.gray,
             dim=cfg.dim,
+            blur=cfg.blur,
+            noise=cfg.noise,
             out_size=(tile, tile),
         )
     # Enough copies of the data that an epoch holds at least one batch per process.
