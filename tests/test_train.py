@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -171,6 +172,32 @@ def test_config_errors(tmp_path):
 def test_resume_without_checkpoint(blobs, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(_cfg(blobs, tmp_path / "none"), resume=True, progress=False, log=lambda _: None)
+
+
+def test_resuming_a_run_saved_before_blur_and_noise_existed_says_they_changed(
+    tmp_path, monkeypatch
+):
+    """A checkpoint whose config lacks blur and noise trained without them; resuming it as an
+    instance run, whose defaults now add them, logs both changes."""
+    from pixelwise.train import setup
+
+    last = tmp_path / "last.safetensors"
+    last.write_bytes(b"")  # only its existence is checked; the metadata comes from below
+    cfg = TrainConfig(data="x", out=str(tmp_path), instances=True)
+    saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    del saved["blur"], saved["noise"]
+    monkeypatch.setattr(setup.checkpoint, "read_metadata", lambda path: {"config": saved})
+    lines: list[str] = []
+    setup.check_resume(cfg, last, allow_new_data=False, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("resuming with changed settings: ")
+    assert "--blur 0.0 → 1.0" in lines[0] and "--noise 0.0 → 0.05" in lines[0], lines
+    # A semantic run's defaults are the old values: nothing to say.
+    plain = TrainConfig(data="x", out=str(tmp_path))
+    saved = json.loads(json.dumps(dataclasses.asdict(plain)))
+    del saved["blur"], saved["noise"]
+    lines.clear()
+    setup.check_resume(plain, last, allow_new_data=False, log=lines.append)
+    assert lines == []
 
 
 def _free_port() -> int:

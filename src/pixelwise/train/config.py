@@ -78,6 +78,10 @@ schedule; with `steps` set and `max_minutes` not, the steps decide (no time budg
 LEGACY_OPTIONS = ("amp",)
 """Older option names `from_dict` and `TrainConfig(...)` still accept (`amp` → `precision`)."""
 
+ADDED_OPTIONS: dict[str, Any] = {"blur": 0.0, "noise": 0.0}
+"""Options added after runs had been saved without them → the value those runs trained with
+(resuming such a run compares the options it now gets against these)."""
+
 AUTO_FIELDS = tuple(PLAIN_DEFAULTS)
 """The options that default to None ("not set") and are resolved when a `TrainConfig` is built."""
 

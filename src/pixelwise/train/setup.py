@@ -33,7 +33,7 @@ from pixelwise.distributed import DistributedContext
 from pixelwise.losses import SegmentationLoss
 from pixelwise.models import build, model_config
 from pixelwise.precision import resolve_precision
-from pixelwise.train.config import TrainConfig
+from pixelwise.train.config import ADDED_OPTIONS, TrainConfig
 from pixelwise.train.datasets import split_datasets
 from pixelwise.train.logs import open_tensorboard, read_log
 from pixelwise.train.optim import load_optimizer_state, make_optimizer
@@ -211,6 +211,7 @@ def check_resume(
     saved = checkpoint.read_metadata(last_path).get("config")
     if not isinstance(saved, dict):
         return  # a checkpoint without its config: the model check in `restore` remains
+    saved = ADDED_OPTIONS | saved  # a run saved before an option existed trained without it
     now = json.loads(json.dumps(asdict(cfg)))  # as the checkpoint's JSON holds it
     changed = [k for k in now if k in saved and not _same(k, saved[k], now[k])]
     fixed = [k for k in changed if k in FIXED_ON_RESUME]
