@@ -71,6 +71,7 @@ Results go to OUT/results.md and OUT/results.json.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import importlib.util
@@ -79,12 +80,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from common import Run, add_training_options, make_parser, parse_args, write_results
 from nuclei_weights import PERCENTILES, center_crop, ctc_frames
@@ -141,12 +143,17 @@ class Settings:
     cellpose_timing_steps: int = 2
     warmup: bool = True
 
-    def pixelwise_options(self, minutes: float, steps: int | None = None) -> dict[str, Any]:
+    def pixelwise_options(
+        self, minutes: float, steps: int | None = None, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The TrainConfig fields given beside the data: the quick run's, else the budget (a
-        number of steps when given, which a machine's load does not change, else minutes)."""
+        number of steps when given, which a machine's load does not change, else minutes),
+        then `extra` (--set) over them."""
         if self.pixelwise:
-            return dict(self.pixelwise)
-        return {"steps": steps, "max_minutes": None} if steps else {"max_minutes": minutes}
+            options = dict(self.pixelwise)
+        else:
+            options = {"steps": steps, "max_minutes": None} if steps else {"max_minutes": minutes}
+        return {**options, **(extra or {})}
 
 
 FULL = Settings(dsb_images=None, crop=None)
@@ -286,10 +293,12 @@ def train_pixelwise(
     seed: int,
     steps: int | None = None,
     normalize: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Predictor, dict[str, Any]]:
     """Train one target with the instance defaults (`normalize`: the input normalisation, None
-    = the default); objects from the best checkpoint."""
-    overrides = settings.pixelwise_options(minutes, steps)
+    = the default; `extra`: TrainConfig fields set on the command line); objects from the best
+    checkpoint."""
+    overrides = settings.pixelwise_options(minutes, steps, extra)
     if normalize is not None:
         overrides["normalize"] = normalize
     cfg = TrainConfig(
@@ -506,6 +515,7 @@ def run_data_set(
     targets: Sequence[str] = TARGETS,
     steps: int | None = None,
     normalize: Sequence[str | None] = (None,),
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and score every method on one prepared data set: each pixelwise target of
     `targets` with each input normalisation of `normalize` (None = the default; a row is named
@@ -529,7 +539,7 @@ def run_data_set(
             folder = out / method.replace(", normalize ", "-")
             objects, info = train_pixelwise(
                 data, folder, target, settings, minutes=minutes, seed=seed, steps=steps,
-                normalize=norm,
+                normalize=norm, extra=extra,
             )  # fmt: skip
         maps, seconds = predict_test(objects, test, warmup=settings.warmup)
         rows[method] = table_rows(maps, test, data.groups, minutes=info["minutes"], seconds=seconds)
@@ -544,11 +554,15 @@ def _unseen(data: DataSet) -> str:
 
 
 def describe(
-    prepared: Sequence[DataSet], settings: Settings, minutes: float, steps: int | None = None
+    prepared: Sequence[DataSet],
+    settings: Settings,
+    minutes: float,
+    steps: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[str]:
     """The header's lines on the data and the methods' settings."""
     crop = f"; centre {settings.crop}×{settings.crop} crops" if settings.crop else ""
-    options = settings.pixelwise_options(minutes, steps)
+    options = settings.pixelwise_options(minutes, steps, extra)
     parts = [
         f"{d.name}: fixed split, {len(d.train)} training / {len(d.test)} test images" + _unseen(d)
         if d.name == DSB
@@ -564,6 +578,28 @@ def describe(
         f"batch {settings.cellpose_batch}, tiles {settings.cellpose_bsize} px, diam_mean "
         f"{settings.cellpose_diameter:g} px, for the longest pixelwise run's wall time",
     ]
+
+
+RECIPE_FIELDS = ("data", "out", "instances", "target", "seed", "steps", "max_minutes", "normalize")
+"""TrainConfig fields the recipe sets itself (its own options), which --set may not."""
+
+
+def train_fields(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """--set FIELD=VALUE pairs → {field: YAML value}; a usage error for a malformed pair, an
+    unknown field or one of RECIPE_FIELDS."""
+    names = {f.name for f in fields(TrainConfig)}
+    extra: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.replace("-", "_")
+        if not sep or not key:
+            parser.error(f"--set expects FIELD=VALUE, got {pair!r} (e.g. --set zoom=1.5)")
+        if key not in names:
+            parser.error(f"--set {pair}: TrainConfig has no field {key!r}; see pixelwise train -h")
+        if key in RECIPE_FIELDS:
+            parser.error(f"--set {pair}: the recipe sets {key!r} itself; use its own option")
+        extra[key] = yaml.safe_load(value)
+    return extra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -613,9 +649,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-cellpose", action="store_true", help="pixelwise rows only (no cellpose training)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a TrainConfig field for every pixelwise model, e.g. --set zoom=1.5 (repeatable; "
+        "the value is read as YAML)",
+    )
     args = parse_args(parser, argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    extra = train_fields(args.set, parser)
     run = Run("nuclei_instances", argv)
     settings = QUICK if args.quick else FULL
     cellpose = cellpose_available() and not args.no_cellpose
@@ -645,6 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets=args.targets,
             steps=args.steps,
             normalize=args.normalize or (None,),
+            extra=extra,
         )
     notes = (
         []
@@ -657,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     header = run.header(
         f"Nuclei instance recipe{' (--quick: centre crops, tiny nets)' if args.quick else ''}",
-        *describe(prepared, settings, args.minutes, args.steps),
+        *describe(prepared, settings, args.minutes, args.steps, extra),
         *notes,
     )
     tables = "\n\n".join(f"### {name}\n\n{results_table(r['rows'])}" for name, r in results.items())
@@ -673,6 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": args.steps,
             "split": args.split,
             "normalize": args.normalize,
+            "set": extra,
             "quick": args.quick,
             "seed": args.seed,
             "cellpose": cellpose,

@@ -3,6 +3,7 @@ scorer on hand-made arrays, and the whole pipeline in --quick mode on the real d
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -170,13 +171,41 @@ def test_quick_run_split_by_groups_tests_on_unseen_groups(
     assert set(recipe.UNSEEN_GROUPS) <= set(groups.values())
     out = tmp_path / "out"
     argv = [str(source.parent), "--quick", "--out", str(out), "--data-sets", "dsb2018-dev",
-            "--targets", "three-class", "--no-cellpose", "--split", "groups"]  # fmt: skip
+            "--targets", "three-class", "--no-cellpose", "--split", "groups",
+            "--set", "zoom=1.5", "--set", "blur=0"]  # fmt: skip
     assert recipe.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     data = results["data_sets"]["dsb2018-dev"]
-    assert results["split"] == "groups"
+    assert results["split"] == "groups" and results["set"] == {"zoom": 1.5, "blur": 0}
+    config = data["training"]["three-class"]["config"]
+    assert config["zoom"] == 1.5 and config["blur"] == 0 and config["noise"] == 0.05
+    assert "zoom=1.5, blur=0" in (out / "results.md").read_text()
     assert {groups[Path(n).stem] for n in data["test"]} <= set(recipe.UNSEEN_GROUPS)
     assert not {groups[Path(n).stem] for n in data["train"]} & set(recipe.UNSEEN_GROUPS)
     rows = data["rows"]["three-class"]
     assert list(rows)[-1] == "all" and set(rows) - {"all"} <= set(recipe.UNSEEN_GROUPS)
     assert "never trained on" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ("zoom", "--set expects FIELD=VALUE, got 'zoom' (e.g. --set zoom=1.5)"),
+        ("=1", "--set expects FIELD=VALUE, got '=1'"),
+        ("zoom_max=2", "--set zoom_max=2: TrainConfig has no field 'zoom_max'"),
+        ("seed=3", "--set seed=3: the recipe sets 'seed' itself; use its own option"),
+    ],
+)
+def test_set_rejects_malformed_unknown_and_recipe_fields(
+    pair: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main(["/nonexistent", "--set", "blur=2", "--set", pair])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_set_reads_yaml_values_and_accepts_dashes() -> None:
+    parser = argparse.ArgumentParser()
+    extra = recipe.train_fields(["zoom=1.5", "elastic-sigma=5", "flip=false", "blur=0"], parser)
+    assert extra == {"zoom": 1.5, "elastic_sigma": 5, "flip": False, "blur": 0}

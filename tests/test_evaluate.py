@@ -111,6 +111,55 @@ def test_evaluate_scores_the_objects_the_segmenter_makes(models, cells, tmp_path
             }
 
 
+def test_evaluate_with_a_diameter_scores_the_objects_predict_writes(cells, tmp_path):
+    """diameter: each raw image resized as `Segmenter(diameter=...)` does; "default" is "auto"
+    for a shipped model (a model card in its metadata) and as is for any other."""
+    from conftest import INSTANCE_NORM, instance_unet
+
+    def save(name: str, **card) -> Path:
+        path = tmp_path / f"{name}.safetensors"
+        pixelwise.save(
+            instance_unet(), path, normalization=INSTANCE_NORM, target="three-class",
+            postprocessing=PostProcessing(min_size=0).to_dict(), config={"instances": True},
+            object_diameter=9.0, **card,
+        )  # fmt: skip
+        return path
+
+    own, shipped = save("own"), save("shipped", pretrained={"name": "made-up"})
+    images = sorted((cells / "images").iterdir())
+    cases = [
+        (own, "default", None),
+        (own, 12.0, 12.0),
+        (own, "auto", "auto"),
+        (shipped, "default", "auto"),
+        (shipped, None, None),
+    ]
+    predicted = 0
+    for path, given, expected in cases:
+        result = evaluate(path, cells, tmp_path / "e", diameter=given, log=lambda _: None)
+        assert result["objects"]["diameter"] == expected
+        segmenter = pixelwise.Segmenter.from_checkpoint(path, diameter=expected, device="cpu")
+        for row, image, truth in zip(result["per_image"], images, _truths(cells), strict=True):
+            objects = segmenter.predict(read_image(image)).instances
+            counts = pool_matches([match_instances(objects, truth)])
+            assert {k: row[k] for k in ("n_pred", "tp@0.5", "fp@0.5", "fn@0.5")} == {
+                k: counts[k] for k in ("n_pred", "tp@0.5", "fp@0.5", "fn@0.5")
+            }, (path.name, given)
+            predicted += counts["n_pred"]
+    assert predicted > 0  # the comparisons are not of empty maps
+    # the command line: predict's --diameter
+    for flag, expected in (
+        ([], "auto"),
+        (["--diameter", "none"], None),
+        (["--diameter", "12"], 12.0),
+    ):
+        out = tmp_path / f"cli{len(flag)}{expected}"
+        assert main(["evaluate", str(shipped), str(cells), "--out", str(out), *flag]) == 0
+        assert json.loads((out / "metrics.json").read_text())["objects"]["diameter"] == expected
+    with pytest.raises(ValueError, match="diameter must be the objects' typical diameter"):
+        evaluate(own, cells, tmp_path / "x", diameter=-1, log=lambda _: None)
+
+
 def _hand_dataset(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     """One 40 × 60 image: ground truth 3 squares; a prediction with 1 hit, 1 false positive."""
     gt = np.zeros((40, 60), np.uint16)

@@ -513,6 +513,55 @@ def test_instances_files_are_the_segmenter_objects(
     assert total >= 50  # the checks above are not vacuous
 
 
+def _shipped_like(path: Path) -> Path:
+    """The instance checkpoint of conftest, saved as a shipped model is: with the objects'
+    recorded diameter and a model card ("pretrained"), so its default diameter is "auto"."""
+    from conftest import INSTANCE_NORM, instance_unet
+
+    pixelwise.save(
+        instance_unet(),
+        path,
+        normalization=INSTANCE_NORM,
+        target="three-class",
+        postprocessing=PostProcessing().to_dict(),
+        object_diameter=12.0,
+        pretrained={"name": "made-up"},
+    )
+    return path
+
+
+def test_a_shipped_model_defaults_to_diameter_auto_and_streams_as_is(
+    instance_checkpoint: Path, good_folder: Path, tmp_path: Path
+) -> None:
+    """diameter="default": "auto" for a checkpoint with a model card, as is for any other; a
+    streamed image with "auto" is predicted as is with a note, one with a fixed diameter fails
+    with a message naming the fix, and the batch goes on."""
+    shipped = _shipped_like(tmp_path / "shipped.safetensors")
+    assert pixelwise.Segmenter.from_checkpoint(shipped, device="cpu").diameter == "auto"
+    assert pixelwise.Segmenter.from_checkpoint(shipped, device="cpu").auto_diameter
+    as_is = pixelwise.Segmenter.from_checkpoint(shipped, device="cpu", diameter=None)
+    assert as_is.diameter is None and not as_is.auto_diameter and as_is.scale == 1.0
+    own = pixelwise.Segmenter.from_checkpoint(instance_checkpoint, device="cpu")
+    assert own.diameter is None and not own.auto_diameter
+    streamed = dict(instances=True, stream_pixels=100, device="cpu", log=None)
+    inputs = [good_folder / "a.png", good_folder / "b.tif"]
+    default = predict_files(shipped, inputs, tmp_path / "default", **streamed)
+    plain = predict_files(shipped, inputs, tmp_path / "plain", diameter=None, **streamed)
+    assert default.ok and plain.ok and plain.notes == []
+    assert len(default.notes) == 2 and "predicted as is" in default.notes[0]
+    assert "diameter auto measures the objects of a whole image" in default.notes[0]
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(
+            tifffile.imread(tmp_path / "default" / "instances" / f"{name}.tif"),
+            tifffile.imread(tmp_path / "plain" / "instances" / f"{name}.tif"),
+        )
+    fixed = predict_files(shipped, inputs, tmp_path / "fixed", diameter=24.0, **streamed)
+    assert not fixed.ok and len(fixed.failures) == 2 and fixed.images == 0
+    message = fixed.failures[0].message
+    assert "a streamed image cannot be resized for --diameter" in message
+    assert "(scale 0.5), or leave --diameter out" in message
+
+
 def test_objects_of_an_instance_model_are_its_instances(
     instance_run, instance_checkpoint: Path, good_folder: Path, tmp_path: Path
 ) -> None:

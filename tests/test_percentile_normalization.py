@@ -151,7 +151,8 @@ def test_diameter_is_checked(tiny_unet) -> None:
     model = tiny_unet(1, 3, padding="same")
     meta = {"target": "three-class", "object_diameter": 20.0}
     with pytest.raises(
-        ValueError, match=r"diameter must be .* \(a number > 0\) or \"auto\", got -3"
+        ValueError,
+        match=r"diameter must be .* \(a number > 0\), \"auto\", \"default\" or None, got -3",
     ):
         Segmenter(model, meta=meta, diameter=-3, device="cpu")
     with pytest.raises(ValueError, match="records its training objects' diameter"):
@@ -217,5 +218,5 @@ def test_auto_diameter_needs_an_instance_model_with_a_recorded_size(tiny_unet) -
         Segmenter(model, meta={"target": "three-class"}, diameter="auto", device="cpu")
     with pytest.raises(ValueError, match='diameter="auto" measures the objects'):
         Segmenter(model, meta={"object_diameter": 20.0}, diameter="auto", device="cpu")
-    with pytest.raises(ValueError, match=r"or \"auto\", got 'big'"):
+    with pytest.raises(ValueError, match=r"\"default\" or None, got 'big'"):
         Segmenter(model, meta={"target": "three-class", "object_diameter": 20.0}, diameter="big")

@@ -63,13 +63,14 @@ def test_card_is_complete_and_consistent() -> None:
 
 
 def test_pretrained_reproduces_its_recorded_scores(shared_data) -> None:
-    """The three smallest validation images, predicted from their raw pixels, give the counts
-    the card records (one object of slack for another CPU's rounding)."""
+    """The three smallest validation images, predicted from their raw pixels as is (the
+    recipe scores them so), give the counts the card records (one object of slack for another
+    CPU's rounding)."""
     root = shared_data("dsb2018-dev")
     records = model_card("nuclei")["validation_images"]
     sizes = {r["image"]: read_image(root / r["image"]).size for r in records}
     chosen = sorted(records, key=lambda r: (sizes[r["image"]], r["image"]))[:3]
-    segmenter = pixelwise.pretrained("nuclei", device="cpu", progress=False)
+    segmenter = pixelwise.pretrained("nuclei", diameter=None, device="cpu", progress=False)
     for record in chosen:
         objects = segmenter.predict(read_image(root / record["image"])).instances
         truth = np.asarray(read_image(root / record["mask"])).astype(np.int64)
@@ -87,7 +88,8 @@ def test_dark_on_bright_nuclei_give_the_same_objects(shared_data) -> None:
     records = model_card("nuclei")["validation_images"]
     record = min(records, key=lambda r: (read_image(root / r["image"]).size, r["image"]))
     image = read_image(root / record["image"])
-    segmenter = pixelwise.pretrained("nuclei", device="cpu", progress=False)
+    # as is: the normalisation alone (diameter auto would add its own choice of a second pass)
+    segmenter = pixelwise.pretrained("nuclei", diameter=None, device="cpu", progress=False)
     bright = segmenter.predict(image).instances
     dark = segmenter.predict((255 - image).astype(np.uint8)).instances
     agreement = pool_matches([match_instances(dark, bright)])
@@ -121,20 +123,34 @@ def test_predict_with_a_shipped_model(nuclei_image: Path, tmp_path: Path, capsys
     assert main(["predict", "nuclei", str(nuclei_image), "--out", str(tmp_path / "b"),
                  "--instances", "--no-progress"]) == 0  # fmt: skip
     np.testing.assert_array_equal(read_image(tmp_path / "b" / "instances" / "blobs.tif"), objects)
-    # --diameter rescales: the card's diameter itself is no change at all.
+    # --diameter PX rescales: the card's diameter itself is no change at all (as is).
     diameter = model_card("nuclei")["object_diameter"]
     assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "c"),
                  "--instances", "--no-progress", "--diameter", str(diameter)]) == 0  # fmt: skip
-    np.testing.assert_array_equal(read_image(tmp_path / "c" / "instances" / "blobs.tif"), objects)
-    # --diameter auto: the objects Segmenter(diameter="auto") makes.
+    # --diameter none: as is, the first pass of auto, which the blobs (16 px against the
+    # card's 25) do not keep: auto segments them again enlarged.
     assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "d"),
+                 "--instances", "--no-progress", "--diameter", "none"]) == 0  # fmt: skip
+    as_is = pixelwise.pretrained("nuclei", diameter=None, device="cpu").predict(
+        read_image(nuclei_image)
+    )
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "d" / "instances" / "blobs.tif"), as_is.instances
+    )
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "c" / "instances" / "blobs.tif"), as_is.instances
+    )
+    assert pixelwise.pretrained("nuclei").second_pass_scale(as_is) is not None
+    # the default is --diameter auto: the objects Segmenter(diameter="auto") makes
+    assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "e"),
                  "--instances", "--no-progress", "--diameter", "auto"]) == 0  # fmt: skip
     auto = pixelwise.pretrained("nuclei", diameter="auto", device="cpu").predict(
         read_image(nuclei_image)
     )
     np.testing.assert_array_equal(
-        read_image(tmp_path / "d" / "instances" / "blobs.tif"), auto.instances
+        read_image(tmp_path / "e" / "instances" / "blobs.tif"), auto.instances
     )
+    np.testing.assert_array_equal(read_image(tmp_path / "e" / "instances" / "blobs.tif"), objects)
 
 
 def test_predict_errors_name_the_fix(nuclei_image: Path, tmp_path: Path, capsys) -> None:
@@ -152,7 +168,7 @@ def test_predict_errors_name_the_fix(nuclei_image: Path, tmp_path: Path, capsys)
               "--diameter", "big"])  # fmt: skip
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "expected the objects' diameter in pixels (e.g. 30) or auto, got 'big'" in err
+    assert "expected the objects' diameter in pixels (e.g. 30), auto or none, got 'big'" in err
 
 
 def test_models_command_lists_the_cards(capsys) -> None:
@@ -162,6 +178,7 @@ def test_models_command_lists_the_cards(capsys) -> None:
     assert text.startswith("nuclei: ")
     assert card["licence"] in text
     assert f"accuracy@0.5 {card['validation_scores']['accuracy@0.5']:.3f}" in text
+    assert "diameter         auto by default (measured per image; --diameter none: as is)" in text
     assert str(model_path("nuclei")) in text
     assert list(MODELS) == ["nuclei"]
 

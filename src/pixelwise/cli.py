@@ -39,6 +39,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """List the shipped models with their cards (`pixelwise.zoo`)."""
+    from pixelwise.segmenter import SHIPPED_DIAMETER
     from pixelwise.zoo import MODELS, model_card, model_path
 
     for name in MODELS:
@@ -48,13 +49,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"  input            {card['input']}")
         print(f"  object diameter  {card['object_diameter']:.1f} px (median of the training "
               f"objects; --diameter rescales to it)")  # fmt: skip
+        print(f"  diameter         {SHIPPED_DIAMETER} by default (measured per image; "
+              f"--diameter none: as is)")  # fmt: skip
         print(f"  training data    {card['training_data']}")
         print(f"  licence          {card['licence']}")
         print(
             f"  validation       accuracy@0.5 {scores['accuracy@0.5']:.3f}, "
             f"F1@0.5 {scores['f1@0.5']:.3f}, accuracy@0.75 {scores['accuracy@0.75']:.3f}, "
             f"DSB score {scores['dsb_score']:.3f} ({scores['n_gt']} objects, "
-            f"{len(card['validation_images'])} images)"
+            f"{len(card['validation_images'])} images, predicted as is)"
         )
         print(f"  training         {card.get('training_steps')} steps, "
               f"{card.get('training_minutes')} min on {card.get('machine')}")  # fmt: skip
@@ -72,16 +75,33 @@ def _parse_model_arg(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
-def _parse_diameter(text: str) -> float | str:
-    """--diameter: a number of pixels or "auto"."""
-    if text == "auto":
-        return text
+def _parse_diameter(text: str) -> float | str | None:
+    """--diameter: a number of pixels, "auto", "none" (as is) → None, or "default" (the
+    model's: auto for a shipped model, else as is)."""
+    if text in ("auto", "none", "default"):
+        return None if text == "none" else text
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected the objects' diameter in pixels (e.g. 30) or auto, got {text!r}"
+            f"expected the objects' diameter in pixels (e.g. 30), auto or none, got {text!r}"
         ) from None
+
+
+def _add_diameter_option(p: argparse.ArgumentParser) -> None:
+    """predict's and evaluate's --diameter (`pixelwise.Segmenter`'s `diameter`)."""
+    p.add_argument(
+        "--diameter",
+        type=_parse_diameter,
+        default="default",
+        metavar="PX|auto|none",
+        help="typical object diameter in the images, in pixels: each image is resized so its "
+        "objects match the model's training size (instance checkpoints record it, as the "
+        "shipped ones); auto: measured per image from a first segmentation, which is redone "
+        "at that size when it differs by over 10%% and kept if its objects agree (images of "
+        "another magnification); none: as is; default: auto for a shipped model (nuclei), "
+        "none for any other checkpoint",
+    )
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -365,6 +385,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             ignore_index=args.ignore_index,
             instances=args.instances or None,
             postprocessing=postprocessing,
+            diameter=args.diameter,
             tile_size=args.tile_size,
             device=args.device,
             precision=args.precision,
@@ -489,17 +510,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="a shipped model instead of a CHECKPOINT (nuclei: 2-D fluorescence nuclei; "
         "`pixelwise models` lists them); every positional argument is then an INPUT",
     )
-    p.add_argument(
-        "--diameter",
-        type=_parse_diameter,
-        metavar="PX|auto",
-        help="typical object diameter in the images, in pixels: each image is resized so its "
-        "objects match the model's training size (instance checkpoints record it, as the "
-        "shipped ones); auto: measured per image from a first segmentation, which is redone "
-        "at that size when it differs by over 10%% and kept if its objects agree (images of "
-        "another magnification); "
-        "default: as is",
-    )
+    _add_diameter_option(p)
     p.add_argument("--out", required=True, help="output folder")
     # Canonical spellings match train's (--batch-size, --patch-size); --tile, --batch,
     # --memory-budget and --amp are the older/other spellings, kept as aliases.
@@ -646,6 +657,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="masks hold instance labels: score objects too (default: as the model was trained)",
     )
     _add_postprocessing_flags(p)
+    _add_diameter_option(p)
     _add_tile_option(p)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     _add_precision_option(p)

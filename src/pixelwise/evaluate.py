@@ -81,6 +81,7 @@ from pixelwise.report import (
     thumbnail_png,
     write_report,
 )
+from pixelwise.segmenter import Segmenter, default_diameter
 from pixelwise.tiling import predict
 
 PER_IMAGE = ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")
@@ -157,6 +158,7 @@ def evaluate(
     ignore_index: int | None = None,
     instances: bool | None = None,
     postprocessing: PostProcessing | None = None,
+    diameter: float | str | None = "default",
     tile_size: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
@@ -178,6 +180,10 @@ def evaluate(
         instances: masks hold instance labels: score objects too (default: as in training).
         postprocessing: replaces the checkpoint's post-processing record (instance models), e.g.
             ``postprocessing_from_metadata(meta).replace(min_size=30)``.
+        diameter: as `pixelwise predict`'s (`pixelwise.Segmenter`'s `diameter`): objects of
+            this many pixels, "auto", None (as is) or "default" ("auto" for a shipped model,
+            else as is). Unless the images are predicted as is, each is predicted from its raw
+            pixels by a `Segmenter`, so the scores are those of the objects predict writes.
         tile_size, batch_size: passed to `predict`.
         device: where to predict (`pixelwise.distributed.select_device`: default cuda when
             available, else the CPU).
@@ -208,6 +214,8 @@ def evaluate(
     if instances is None:
         instances = bool(meta.get("config", {}).get("instances", False))
     params = _postprocessing(model, meta, instances=instances, record=postprocessing)
+    if diameter == "default":  # a shipped model's "auto" where it makes objects
+        diameter = default_diameter(meta) if params is not None else None
     dataset = _open_dataset(
         model, meta, data, isbi=isbi, split=split, layout=layout, ignore_index=ignore_index,
         instances=instances, target=params.target if params is not None else None,
@@ -221,19 +229,35 @@ def evaluate(
         progress=progress,
         autocast=resolve_precision(precision, device).autocast,
     )
+    rescaling = None  # a Segmenter when the images are resized for `diameter`
+    if diameter is not None:
+        rescaling = Segmenter(
+            model.to(device),
+            meta=meta,
+            postprocessing=params,
+            diameter=diameter,
+            precision=precision,
+            **{k: v for k, v in options.items() if k != "autocast"},
+        )
     rows: list[dict[str, Any]] = []
     matches: list[dict[str, Any]] = []
     slices: list[tuple[np.ndarray, np.ndarray]] = []  # isbi: (P(interior), interior truth)
     for i, sample in enumerate(dataset.samples):
         image, mask, truth, _ = dataset.load(i)
-        probs = predict(model, image, **options)  # (K, H, W)
+        raw = read_image(sample.image_path, page=sample.page)
+        if rescaling is None:
+            probs = predict(model, image, **options)  # (K, H, W)
+            objects = make_objects(probs, params) if instances else None
+        else:  # the objects of predict --diameter, from the raw image
+            result = rescaling.predict(raw, source=sample.name)
+            probs, objects = result.probabilities, result.instances  # (K, H, W), (H, W)
         row = score_probabilities(probs, mask, total, isbi=isbi)
         if isbi:
             slices.append((probs[1].astype(np.float32), mask == 1))
-        raw = read_image(sample.image_path, page=sample.page)
         if instances:
             assert truth is not None  # an instance encoding serves the ids
-            match, picture = _score_objects(probs, truth, raw, params)
+            assert objects is not None  # an instance model's Segmenter makes objects
+            match, picture = _score_objects(objects, truth, raw)
             matches.append(match)
             row |= object_scores_of([match])
         else:
@@ -244,7 +268,7 @@ def evaluate(
     names = meta.get("class_names") or [f"class {i}" for i in range(total.num_classes)]
     summary = _summarise(total, rows, names=names, tta=tta, slices=slices)
     if instances:
-        summary |= object_scores_of(matches) | {"objects": _objects_record(params)}
+        summary |= object_scores_of(matches) | {"objects": _objects_record(params, diameter)}
     per_image = [{k: v for k, v in r.items() if k != "thumbnail_png"} for r in rows]
     result = _finite({"checkpoint": str(checkpoint_path), "data": str(data), **summary,
                       "per_image": per_image})  # fmt: skip
@@ -300,18 +324,17 @@ def make_objects(probs: np.ndarray, params: PostProcessing | None) -> np.ndarray
 
 
 def _score_objects(
-    probs: np.ndarray, truth: np.ndarray, raw: np.ndarray, params: PostProcessing | None
+    objects: np.ndarray, truth: np.ndarray, raw: np.ndarray
 ) -> tuple[dict[str, Any], np.ndarray]:
     """One image's objects against its instance ids.
 
     Args:
-        probs: (K, H, W) probabilities; truth: (H, W) instance ids; raw: the image as read.
-        params: the post-processing record, or None (connected components).
+        objects: (H, W) predicted object ids; truth: (H, W) instance ids; raw: the image as
+            read.
 
     Returns:
         (`match_instances` result, (H, W, 3) picture of the outcomes at IoU 0.5).
     """
-    objects = make_objects(probs, params)  # (H, W) int32
     pairs = matched_pairs(objects, truth, threshold=0.5)
     picture = outcome_overlay(
         raw, objects, truth, matched_pred=pairs["pred_ids"], matched_gt=pairs["gt_ids"]
@@ -324,14 +347,17 @@ def object_scores_of(matches: list[dict[str, Any]]) -> dict[str, Any]:
     return pool_matches(matches) | panoptic_quality(matches, threshold=0.5)
 
 
-def _objects_record(params: PostProcessing | None) -> dict[str, Any]:
+def _objects_record(params: PostProcessing | None, diameter: float | str | None) -> dict[str, Any]:
     """How the objects were made and scored, for metrics.json and the report."""
     if params is None:
         method = "connected components of the class map (the model has no instance target)"
     else:
         method = f"objects_from_probabilities, target {params.target}"
+    if diameter is not None:
+        method += f", images resized for diameter {diameter}"
     return {
         "method": method,
+        "diameter": diameter,
         "postprocessing": None if params is None else params.to_dict(),
         "iou_thresholds": list(DEFAULT_IOU_THRESHOLDS),
         "pooling": "TP, FP, FN summed over the images, then the ratios",

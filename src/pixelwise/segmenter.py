@@ -45,6 +45,7 @@ __all__ = [
     "AUTO_AGREEMENT",
     "AUTO_MIN_OBJECTS",
     "AUTO_TOLERANCE",
+    "SHIPPED_DIAMETER",
     "Segmentation",
     "Segmenter",
     "median_diameter",
@@ -67,6 +68,16 @@ estimate, GOWT1's 1.33-1.68 off."""
 AUTO_MIN_OBJECTS = 3
 """`diameter="auto"` keeps the first segmentation when it found fewer objects than this (too
 few to measure a size from)."""
+
+SHIPPED_DIAMETER = "auto"
+"""The `diameter` a shipped model (`pixelwise.pretrained`; metadata with a model card under
+"pretrained") predicts with when none is given: it meets microscopes and magnifications it
+never saw, so it measures the nuclei's size per image. Measured (README, "the shipped model"):
+on dsb2018-dev image groups never trained on, accuracy@0.5 0.411 as is → 0.518 (another seed:
+0.272 → 0.453); on its own
+validation images resized by 0.5-2×, ahead at every factor but 1 (0.803 → 0.791 there); CTC
+HeLa 0.778 → 0.791. A checkpoint of one's own training predicts as is by default: it meets
+the kind of images it was trained on."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +120,13 @@ class Segmenter:
             parameters are) into `options.autocast`. An `autocast` given in `options` or the
             overrides is an explicit precision (the older way to ask for one). `precision`
             says what was chosen and why.
-        diameter: the typical object diameter in the images to predict, in pixels (as
-            Cellpose's): each image is resized by `scale` = the checkpoint's recorded
-            "object_diameter" / `diameter` before inference, so its objects come at the size
-            the model was trained on, and the probabilities are resized back; the
-            post-processing's sizes follow (`PostProcessing.rescaled(1 / scale)`). None: as is.
+        diameter: "default" (`SHIPPED_DIAMETER`, "auto", for a shipped model, whose metadata
+            holds a model card; None for any other checkpoint), or the typical object diameter
+            in the images to predict, in pixels (as Cellpose's): each image is resized by
+            `scale` = the checkpoint's recorded "object_diameter" / `diameter` before
+            inference, so its objects come at the size the model was trained on, and the
+            probabilities are resized back; the post-processing's sizes follow
+            (`PostProcessing.rescaled(1 / scale)`). None: as is (also for a shipped model).
             A `postprocessing` given with it is rescaled too, so give its sizes at the
             checkpoint's scale: replace fields of `postprocessing_from_metadata(meta)`, not of
             a diameter segmenter's `.postprocessing`, which is already rescaled. "auto" (instance
@@ -132,8 +145,9 @@ class Segmenter:
         ValueError: an option the model cannot use (validated once, here), post-processing
             for another number of classes than the model's, a `precision` not in
             `pixelwise.precision.PRECISIONS` or one that disagrees with `autocast`, a
-            `diameter` that is not a number > 0 or "auto", or for a checkpoint recording no
-            "object_diameter" ("auto" also for a model without post-processing).
+            `diameter` that is not a number > 0, "auto", "default" or None, or one for a
+            checkpoint recording no "object_diameter" ("auto" also for a model without
+            post-processing).
 
     Warns:
         InputWarning: bf16 or fp16 asked for on a CPU that emulates it (slow).
@@ -147,7 +161,7 @@ class Segmenter:
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
         precision: str = "auto",
-        diameter: float | str | None = None,
+        diameter: float | str | None = "default",
         **option_overrides: Any,
     ) -> None:
         self.model = model
@@ -161,8 +175,10 @@ class Segmenter:
                 f"postprocessing must be a PostProcessing or None, got "
                 f"{type(postprocessing).__name__}; build one with PostProcessing(target=...)"
             )
-        self.auto_diameter = diameter == "auto"
-        self.scale = _scale(None if self.auto_diameter else diameter, self.meta)
+        # the diameter resolved: a number of pixels, "auto" or None (as is)
+        self.diameter = default_diameter(self.meta) if diameter == "default" else diameter
+        self.auto_diameter = self.diameter == "auto"
+        self.scale = _scale(None if self.auto_diameter else self.diameter, self.meta)
         self._recorded_postprocessing = postprocessing or postprocessing_from_metadata(self.meta)
         self.postprocessing = self._postprocessing_at(self.scale)
         hparams = getattr(model, "hparams", {})
@@ -191,7 +207,7 @@ class Segmenter:
         options: PredictOptions | None = None,
         postprocessing: PostProcessing | None = None,
         precision: str = "auto",
-        diameter: float | str | None = None,
+        diameter: float | str | None = "default",
         **option_overrides: Any,
     ) -> Segmenter:
         """Load a `.safetensors` checkpoint (`pixelwise.checkpoint.load_state`) and keep its
@@ -381,6 +397,12 @@ def median_diameter(labels: np.ndarray, *, min_objects: int = 1) -> float | None
     return float(np.median(equivalent_diameters(areas)))
 
 
+def default_diameter(meta: dict[str, Any]) -> str | None:
+    """`Segmenter`'s `diameter="default"` for a checkpoint's metadata: `SHIPPED_DIAMETER` for a
+    shipped model (its metadata holds a model card, "pretrained"), else None (as is)."""
+    return SHIPPED_DIAMETER if isinstance(meta.get("pretrained"), dict) else None
+
+
 def _recorded_diameter(meta: dict[str, Any]) -> bool:
     recorded = meta.get("object_diameter")
     return isinstance(recorded, int | float) and recorded > 0
@@ -397,8 +419,8 @@ def _scale(diameter: float | None, meta: dict[str, Any]) -> float:
         and diameter > 0
     ):
         raise ValueError(
-            f"diameter must be the objects' typical diameter in pixels (a number > 0) or "
-            f'"auto", got {diameter!r}'
+            f"diameter must be the objects' typical diameter in pixels (a number > 0), "
+            f'"auto", "default" or None, got {diameter!r}'
         )
     if not _recorded_diameter(meta):
         raise ValueError(

@@ -79,7 +79,7 @@ def predict_files(
     instances: bool = False,
     postprocessing: PostProcessing | None = None,
     precision: str = "auto",
-    diameter: float | str | None = None,
+    diameter: float | str | None = "default",
     output_format: str = "png",
     channel: int | None = None,
     level: int = 0,
@@ -116,7 +116,8 @@ def predict_files(
         diameter: the objects' typical diameter in the images, in pixels: each image is
             resized to the checkpoint's recorded "object_diameter" for inference and its maps
             back (`pixelwise.Segmenter`'s `diameter`; images held in memory only); "auto":
-            measured per image from a first segmentation.
+            measured per image from a first segmentation (a streamed image is predicted as is,
+            with a note); None: as is; "default": "auto" for a shipped model, else None.
         output_format: "png" (palette PNG class maps), "tif" (grayscale TIFF class ids) or
             "ome-zarr" (NGFF label images, `pixelwise.inference.ome_zarr`).
         channel: predict only this channel of multi-channel images (`--channel`); None
@@ -286,18 +287,22 @@ def _predict_image(run: _Run, path: Path, page: int | None, name: str, log: RunL
         return _predict_in_memory(
             run, np.asarray(image), here, name, path.name, page, pixel_size=image.pixel_size
         )
-    if run.segmenter.scale != 1.0 or run.segmenter.auto_diameter:
-        how = (
-            "measure its objects' size on a crop with --diameter auto"
-            if run.segmenter.auto_diameter
-            else f"scale {run.segmenter.scale:.3g}"
-        )
+    if run.segmenter.scale != 1.0:
         raise DataError(
             f"{here}: {image.shape[0]}×{image.shape[1]} pixels exceed stream_pixels="
             f"{run.stream_pixels}, and a streamed image cannot be resized for --diameter; "
-            f"resize it to the model's object size beforehand ({how}), or leave --diameter out"
+            f"resize it to the model's object size beforehand (scale "
+            f"{run.segmenter.scale:.3g}), or leave --diameter out"
         )
     outputs = run.outputs
+    if run.segmenter.auto_diameter:
+        log.note(
+            f"{here}: predicted as is: {image.shape[0]}×{image.shape[1]} pixels exceed "
+            f"stream_pixels={run.stream_pixels}, and diameter auto measures the objects of a "
+            f"whole image held in memory; if its objects are not about "
+            f"{run.segmenter.meta['object_diameter']:.0f} px across, resize it beforehand "
+            f"(--diameter auto on a crop measures them)"
+        )
     wanted = (
         ("overlay", outputs.overlay),
         ("objects", outputs.objects and not outputs.streams_instances),

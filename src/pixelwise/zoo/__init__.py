@@ -11,7 +11,10 @@ the tests reproduce.
     result = segmenter.predict(image)                      # raw gray image, any bit depth
     result.instances                                       # (H, W) one id per nucleus
     pixelwise.pretrained("nuclei", diameter=30)            # nuclei about 30 pixels across
-    pixelwise.pretrained("nuclei", diameter="auto")        # measured per image, then again
+    pixelwise.pretrained("nuclei", diameter=None)          # as is, no size measured
+
+A shipped model measures the nuclei's size per image by default (`diameter="auto"`,
+`pixelwise.segmenter.SHIPPED_DIAMETER`): it meets microscopes and magnifications it never saw.
 
 The command line names them where it takes a checkpoint: `pixelwise predict --model nuclei
 IMAGES --out OUT --instances`, `pixelwise train DATA --instances --init nuclei --normalize
@@ -77,10 +80,10 @@ def pretrained(name: str = "nuclei", **options: Any):
 
     Args:
         name: one of `MODELS` ("nuclei": 2-D fluorescence nuclei, gray; see `model_card`).
-        **options: as for `pixelwise.Segmenter.from_checkpoint`: `diameter=` (the nuclei's
-            typical diameter in pixels when it differs from the card's `object_diameter`, or
-            "auto": measured per image from a first segmentation),
-            `tta=`, `precision=`, `device=`, `postprocessing=`, ...
+        **options: as for `pixelwise.Segmenter.from_checkpoint`: `diameter=` (default
+            "auto": measured per image from a first segmentation; the nuclei's typical
+            diameter in pixels when it is known; None: as is), `tta=`, `precision=`,
+            `device=`, `postprocessing=`, ...
 
     Raises:
         ValueError: an unknown name, or options the Segmenter refuses.
