@@ -212,10 +212,11 @@ def test_job_with_a_diameter_equals_the_segmenter(instance_checkpoint, sample):
     np.testing.assert_array_equal(result.instances, expected.instances)
 
 
-def test_job_with_an_auto_diameter_makes_the_second_pass_as_the_segmenter(
-    instance_checkpoint, sample
+def test_job_with_an_auto_diameter_makes_the_passes_of_the_segmenter(
+    instance_checkpoint, sample, monkeypatch
 ):
-    """diameter="auto": the job measures its first pass and segments again, as `predict`."""
+    """diameter="auto": the job segments at the scales `predict` does and keeps its choice,
+    reporting the progress of every pass."""
     from pixelwise.segmenter import median_diameter
 
     meta = pixelwise.read_metadata(instance_checkpoint)
@@ -223,20 +224,27 @@ def test_job_with_an_auto_diameter_makes_the_second_pass_as_the_segmenter(
     first = Segmenter(model, meta=meta, tile_size=TILE, device="cpu").predict(sample)
     measured = median_diameter(first.instances, min_objects=3)
     assert measured is not None
-    meta["object_diameter"] = measured / 2  # the model's objects were half as large: shrink 2×
+    meta["object_diameter"] = measured / 3  # as is, the objects measure 3× the training size
     segmenter = Segmenter(model, meta=meta, diameter="auto", tile_size=TILE, device="cpu")
-    assert segmenter.second_pass_scale(first) == pytest.approx(0.5)
-    progress, result = _drain(SegmentationJob(segmenter, sample).steps())
+    assert segmenter.size_miss(first, 1.0) > 0  # so the job makes more than one pass
+    scales: list[float] = []
+    at = Segmenter._predict_at
+    monkeypatch.setattr(
+        Segmenter, "_predict_at", lambda self, *a: scales.append(a[1]) or at(self, *a)
+    )
     expected = segmenter.predict(sample)
+    monkeypatch.undo()
+    assert len(scales) >= 2
+    progress, result = _drain(SegmentationJob(segmenter, sample).steps())
     np.testing.assert_array_equal(result.probabilities, expected.probabilities)
     np.testing.assert_array_equal(result.instances, expected.instances)
-    at_half = Segmenter(model, meta=meta, diameter=measured, tile_size=TILE, device="cpu")
-    second = at_half.predict(sample)
-    stands = second if segmenter.second_pass_agrees(second, 0.5) else first
-    np.testing.assert_array_equal(result.instances, stands.instances)
-    plain = Segmenter(model, meta=meta, tile_size=TILE, device="cpu")
-    passes = [_drain(SegmentationJob(s, sample).steps())[0] for s in (plain, at_half)]
-    assert len(progress) == len(passes[0]) + len(passes[1])  # both passes report progress
+    fixed = [
+        Segmenter(model, meta=meta, diameter=meta["object_diameter"] / f, tile_size=TILE,
+                  device="cpu")
+        for f in scales
+    ]  # fmt: skip
+    passes = [_drain(SegmentationJob(s, sample).steps())[0] for s in fixed]
+    assert len(progress) == sum(len(p) for p in passes)  # every pass reports progress
 
 
 def test_sample_data_is_the_demo_image():

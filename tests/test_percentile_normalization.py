@@ -159,57 +159,67 @@ def test_diameter_is_checked(tiny_unet) -> None:
         Segmenter(model, meta={"target": "three-class"}, diameter=12, device="cpu")
 
 
-def test_auto_diameter_segments_again_at_the_measured_size(tiny_unet, monkeypatch) -> None:
-    """diameter="auto": a first pass as is, the median diameter of its objects, then a second
-    pass exactly as `diameter=<that median>`, kept if its objects agree with that size; one
-    pass when the size is close or the objects too few."""
+def test_auto_diameter_tries_the_scales_in_order_until_the_objects_fit(
+    tiny_unet, monkeypatch
+) -> None:
+    """diameter="auto": passes at AUTO_SCALES in order (1, 1/√2, √2, 1/2, 2, 1/2√2) until the
+    objects' median diameter at the network's scale lies in AUTO_RANGE × the recorded 20 px
+    (18-40 px); the pass that fits is exactly `diameter=20 / scale`; none fits: the least
+    missing, the earliest of equals; no pass with 3 objects: as is."""
     import pixelwise.segmenter as segmenter_module
+    from pixelwise.segmenter import AUTO_RANGE, AUTO_SCALES
 
+    assert pytest.approx((1, 2**-0.5, 2**0.5, 0.5, 2, 2**-1.5)) == AUTO_SCALES
+    assert AUTO_RANGE == (0.9, 2)
     model = tiny_unet(1, 3, padding="same")
     meta = {"target": "three-class", "object_diameter": 20.0}
-    image = np.random.default_rng(5).integers(0, 255, (30, 44)).astype(np.uint8)
+    image = np.random.default_rng(5).integers(0, 255, (64, 64)).astype(np.uint8)
 
-    def squares(side: int) -> np.ndarray:  # three objects of side² pixels
-        labels = np.zeros((30, 44), np.int32)
-        for i, corner in enumerate((0, 10, 20), 1):
-            labels[corner : corner + side, corner : corner + side] = i
+    def squares(side: int, count: int = 3) -> np.ndarray:  # `count` objects of side² pixels
+        labels = np.zeros((64, 64), np.int32)
+        for i, (y, x) in enumerate(((0, 0), (0, 32), (32, 0))[:count], 1):
+            labels[y : y + side, x : x + side] = i
         return labels
 
-    diameter = math.sqrt(4 * 16 / math.pi)  # 4×4 squares: 4.514 px → scale 20 / 4.514 = 4.43
-    assert segmenter_module.median_diameter(squares(4)) == pytest.approx(diameter)
+    # 9×9 squares: √(4·81/π) = 10.16 px; 2×2: 2.26 px; 20×20: 22.57 px
+    assert segmenter_module.median_diameter(squares(9)) == pytest.approx(10.155, abs=1e-3)
     assert segmenter_module.median_diameter(squares(4), min_objects=4) is None
-    plain = Segmenter(model, meta=meta, device="cpu", progress=False).predict(image)
-    fixed = Segmenter(model, meta=meta, diameter=diameter, device="cpu", progress=False)
-    at_measured = fixed.predict(image)
-    for second_side, kept in ((4, at_measured), (9, plain)):
-        # The passes' objects fixed by hand: 4×4 squares, then squares of `second_side`,
-        # which agree with 4.5 px (4×4) or not (9×9: 10.2 px, 2.25× off; the limit is 1.25×).
+    cases = [
+        ([20], 1.0),  # 22.6 px as is: in range, one pass
+        ([4, 4, 4, 4, 9], 2.0),  # 10.2 px × 2 = 20.3 px only at the fifth scale
+        ([4, 9, 9, 2, 2, 9], 2**0.5),  # none fits; 10.2 × √2 = 14.4 px misses least
+        ([2] * 6, 2.0),  # never in range: the least missing (2.26 × 2 px)
+        ([(9, 2)] * 6, 1.0),  # never 3 objects: as is
+        ([4, 4, 4, 4, 4, 30], 2**-1.5),  # 30×30: 33.9 px / 2√2 = 12.0 px misses least
+    ]
+    for sides, kept in cases:
         calls: list[PostProcessing] = []
 
-        def by_hand(probs, params, side=second_side, calls=calls) -> np.ndarray:
+        def by_hand(probs, params, sides=sides, calls=calls) -> np.ndarray:
             calls.append(params)
-            return squares(4 if len(calls) == 1 else side)
+            side = sides[len(calls) - 1]
+            return squares(*side) if isinstance(side, tuple) else squares(side)
 
         monkeypatch.setattr(segmenter_module, "objects_from_probabilities", by_hand)
         auto = Segmenter(model, meta=meta, diameter="auto", device="cpu", progress=False)
-        assert auto.scale == 1.0 and auto.auto_diameter
+        assert auto.scale == 1.0 and auto.auto_diameter and auto.pass_scales() == AUTO_SCALES
         result = auto.predict(image)
-        assert len(calls) == 2 and calls[1] == calls[0].rescaled(diameter / 20.0)
-        np.testing.assert_array_equal(result.probabilities, kept.probabilities)
-        assert result.instances.max() == 3  # by_hand's squares, from the pass that stood
-    monkeypatch.undo()
-    scale = 20.0 / diameter
-    for side, agrees in ((4, True), (9, False)):
-        second = Segmentation(plain.probabilities, plain.labels, squares(side))
-        assert auto.second_pass_agrees(second, scale) is agrees
-    # Within the tolerance (20 / 1.1 = 18.2 px ≤ d ≤ 22 px) or under 3 objects: one pass.
-    one = Segmentation(plain.probabilities, plain.labels, (squares(4) > 0).astype(np.int32))
-    assert auto.second_pass_scale(one) is None
-    big = np.zeros((60, 60), np.int32)
-    for i, (y, x) in enumerate([(0, 0), (20, 20), (40, 40)], 1):
-        big[y : y + 17, x : x + 18] = i  # 306 px: 19.7 px across
-    assert auto.second_pass_scale(Segmentation(plain.probabilities, plain.labels, big)) is None
-    assert fixed.second_pass_scale(at_measured) is None  # a fixed diameter: never
+        assert len(calls) == len(sides), sides
+        assert calls == [calls[0].rescaled(1 / f) for f in AUTO_SCALES[: len(sides)]]
+        monkeypatch.undo()
+        expected = Segmenter(model, meta=meta, diameter=20.0 / kept, device="cpu", progress=False)
+        np.testing.assert_array_equal(
+            result.probabilities, expected.predict(image).probabilities, err_msg=str(sides)
+        )
+    # size_miss: |log| to the range's nearer end, 0 inside; a fixed diameter never misses
+    auto = Segmenter(model, meta=meta, diameter="auto", device="cpu", progress=False)
+    plain = Segmenter(model, meta=meta, device="cpu", progress=False).predict(image)
+    nine = Segmentation(plain.probabilities, plain.labels, squares(9))
+    assert auto.size_miss(nine, 1.0) == pytest.approx(math.log(18 / 10.155), abs=1e-4)
+    assert auto.size_miss(nine, 2.0) == 0.0
+    assert auto.size_miss(nine, 8.0) == pytest.approx(math.log(8 * 10.155 / 40), abs=1e-4)
+    fixed = Segmenter(model, meta=meta, diameter=10.0, device="cpu", progress=False)
+    assert fixed.pass_scales() == (2.0,) and fixed.size_miss(nine, 1.0) == 0.0
 
 
 def test_auto_diameter_needs_an_instance_model_with_a_recorded_size(tiny_unet) -> None:

@@ -127,8 +127,8 @@ def test_predict_with_a_shipped_model(nuclei_image: Path, tmp_path: Path, capsys
     diameter = model_card("nuclei")["object_diameter"]
     assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "c"),
                  "--instances", "--no-progress", "--diameter", str(diameter)]) == 0  # fmt: skip
-    # --diameter none: as is, the first pass of auto, which the blobs (16 px against the
-    # card's 25) do not keep: auto segments them again enlarged.
+    # --diameter none: as is, the first pass of auto, which the blobs (16 px, under 0.9× the
+    # card's 25) do not keep: auto segments them again resized.
     assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "d"),
                  "--instances", "--no-progress", "--diameter", "none"]) == 0  # fmt: skip
     as_is = pixelwise.pretrained("nuclei", diameter=None, device="cpu").predict(
@@ -140,7 +140,7 @@ def test_predict_with_a_shipped_model(nuclei_image: Path, tmp_path: Path, capsys
     np.testing.assert_array_equal(
         read_image(tmp_path / "c" / "instances" / "blobs.tif"), as_is.instances
     )
-    assert pixelwise.pretrained("nuclei").second_pass_scale(as_is) is not None
+    assert pixelwise.pretrained("nuclei").size_miss(as_is, 1.0) > 0
     # the default is --diameter auto: the objects Segmenter(diameter="auto") makes
     assert main(["predict", "--model", "nuclei", str(nuclei_image), "--out", str(tmp_path / "e"),
                  "--instances", "--no-progress", "--diameter", "auto"]) == 0  # fmt: skip

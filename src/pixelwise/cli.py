@@ -97,8 +97,8 @@ def _add_diameter_option(p: argparse.ArgumentParser) -> None:
         metavar="PX|auto|none",
         help="typical object diameter in the images, in pixels: each image is resized so its "
         "objects match the model's training size (instance checkpoints record it, as the "
-        "shipped ones); auto: measured per image from a first segmentation, which is redone "
-        "at that size when it differs by over 10%% and kept if its objects agree (images of "
+        "shipped ones); auto: chosen per image, segmenting it as is, then 1.4x and 2x "
+        "smaller or larger until its objects measure 0.9-2x the training size (images of "
         "another magnification); none: as is; default: auto for a shipped model (nuclei), "
         "none for any other checkpoint",
     )

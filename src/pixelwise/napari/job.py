@@ -11,6 +11,7 @@ runs `steps()` in napari's thread worker.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Generator
 
@@ -59,15 +60,18 @@ class SegmentationJob:
         """
         if self.cancelled:
             return None
-        result = yield from self._segment(self.segmenter.scale)
-        # diameter="auto": again at the size the first pass measured (as Segmenter.predict).
-        scale = None if result is None else self.segmenter.second_pass_scale(result)
-        if scale is None:
-            return result
-        second = yield from self._segment(scale)
-        if second is None or self.segmenter.second_pass_agrees(second, scale):
-            return second
-        return result
+        # diameter="auto": the passes and the choice of Segmenter.predict
+        best, best_miss = None, math.inf
+        for scale in self.segmenter.pass_scales():
+            result = yield from self._segment(scale)
+            if result is None:
+                return None
+            miss = self.segmenter.size_miss(result, scale)
+            if best is None or miss < best_miss:
+                best, best_miss = result, miss
+            if best_miss == 0.0:
+                break
+        return best
 
     def _segment(self, scale: float) -> Generator[Progress, None, Segmentation | None]:
         """One pass at `scale` (the image resized by it for the network), as `steps`."""
