@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -114,17 +114,23 @@ def instance_unet() -> UNet:
 @pytest.fixture(scope="session")
 def instance_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a three-class instance checkpoint of `instance_unet()` (see the module doc)."""
+    path = tmp_path_factory.mktemp("instance-checkpoint") / "instance.safetensors"
+    return save_instance_unet(path, class_names=["background", "interior", "boundary"])
+
+
+def save_instance_unet(path: Path, *, postprocessing: Any = None, **meta: Any) -> Path:
+    """Save `instance_unet()` to `path` as `instance_checkpoint` is (INSTANCE_NORM, three-class,
+    `postprocessing` or the default record), with more metadata `meta`; returns `path`."""
     import pixelwise
     from pixelwise.instances import PostProcessing
 
-    path = tmp_path_factory.mktemp("instance-checkpoint") / "instance.safetensors"
     pixelwise.save(
         instance_unet(),
         path,
         normalization=INSTANCE_NORM,
         target="three-class",
-        postprocessing=PostProcessing().to_dict(),
-        class_names=["background", "interior", "boundary"],
+        postprocessing=(postprocessing or PostProcessing()).to_dict(),
+        **meta,
     )
     return path
 

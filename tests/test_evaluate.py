@@ -114,16 +114,13 @@ def test_evaluate_scores_the_objects_the_segmenter_makes(models, cells, tmp_path
 def test_evaluate_with_a_diameter_scores_the_objects_predict_writes(cells, tmp_path):
     """diameter: each raw image resized as `Segmenter(diameter=...)` does; "default" is "auto"
     for a shipped model (a model card in its metadata) and as is for any other."""
-    from conftest import INSTANCE_NORM, instance_unet
+    from conftest import save_instance_unet
 
     def save(name: str, **card) -> Path:
-        path = tmp_path / f"{name}.safetensors"
-        pixelwise.save(
-            instance_unet(), path, normalization=INSTANCE_NORM, target="three-class",
-            postprocessing=PostProcessing(min_size=0).to_dict(), config={"instances": True},
-            object_diameter=9.0, **card,
+        return save_instance_unet(
+            tmp_path / f"{name}.safetensors", postprocessing=PostProcessing(min_size=0),
+            config={"instances": True}, object_diameter=9.0, **card,
         )  # fmt: skip
-        return path
 
     own, shipped = save("own"), save("shipped", pretrained={"name": "made-up"})
     images = sorted((cells / "images").iterdir())

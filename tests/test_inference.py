@@ -516,18 +516,9 @@ def test_instances_files_are_the_segmenter_objects(
 def _shipped_like(path: Path) -> Path:
     """The instance checkpoint of conftest, saved as a shipped model is: with the objects'
     recorded diameter and a model card ("pretrained"), so its default diameter is "auto"."""
-    from conftest import INSTANCE_NORM, instance_unet
+    from conftest import save_instance_unet
 
-    pixelwise.save(
-        instance_unet(),
-        path,
-        normalization=INSTANCE_NORM,
-        target="three-class",
-        postprocessing=PostProcessing().to_dict(),
-        object_diameter=12.0,
-        pretrained={"name": "made-up"},
-    )
-    return path
+    return save_instance_unet(path, object_diameter=12.0, pretrained={"name": "made-up"})
 
 
 def test_a_shipped_model_defaults_to_diameter_auto_and_streams_as_is(
