@@ -55,15 +55,17 @@ AUTO_SCALES = (1.0, 2**-0.5, 2**0.5, 0.5, 2.0, 2**-1.5)
 """The resize factors `diameter="auto"` segments an image at, in this order (nearest to as is
 first, shrinking before enlarging): up to 2.8× smaller or 2× larger in steps of √2. Shrinking
 is cheap (a pass at 1/2.8 costs 1/8 of one as is; at 2, 4×), so it reaches further: CTC GOWT1's
-61 px nuclei need it (accuracy@0.5 0.045 with the first five, 0.129 offline with the sixth)."""
+61 px nuclei need it (the previous shipped model: accuracy@0.5 0.045 with the first five
+scales, 0.119 with the sixth)."""
 
 AUTO_RANGE = (0.9, 2.0)
 """`diameter="auto"` keeps the first segmentation of `AUTO_SCALES` whose objects measure, at
 the network's scale, from 0.9 to 2 times the recorded diameter (a model segments objects
 somewhat larger than its training median as well, smaller ones worse); when none does, the one
-nearest that range. Chosen on the shipped model's 27 validation images among six ranges (as
-is 0.803, [1, 1] 0.736, [0.9, 1.6] 0.787, [0.9, 2] 0.820, [0.8, 2] 0.818, [0.7, 2] 0.786) and
-checked on the sets it was not chosen on (README, "the shipped model")."""
+nearest that range. Chosen on the previous shipped model's 27 validation images among six
+ranges (as is 0.803, [1, 1] 0.736, [0.9, 1.6] 0.787, [0.8, 1.6] 0.785, [0.9, 2] 0.820, [0.8, 2]
+0.818, [0.7, 2] 0.786) and checked on the sets it was not chosen on (README, "the shipped
+model")."""
 
 AUTO_MIN_OBJECTS = 3
 """`diameter="auto"` measures no size from a segmentation of fewer objects than this (the
@@ -73,10 +75,10 @@ SHIPPED_DIAMETER = "auto"
 """The `diameter` a shipped model (`pixelwise.pretrained`; metadata with a model card under
 "pretrained") predicts with when none is given: it meets microscopes and magnifications it
 never saw, so it chooses the size per image. Measured (README, "the shipped model"),
-accuracy@0.5 as is → auto: dsb2018-dev image groups never trained on 0.411 → 0.566 (another
-seed's checkpoint 0.272 → 0.506), its own validation images 0.803 → 0.818, CTC HeLa 0.778 →
-0.788, GOWT1 0.058 → 0.119. A checkpoint of one's own training predicts as is by default: it
-meets the kind of images it was trained on."""
+accuracy@0.5 as is → auto: the shipped model's validation images 0.789 → 0.815, CTC HeLa 0.778
+→ 0.778, GOWT1 0.097 → 0.368; dsb2018-dev image groups never trained on (checkpoints of two
+seeds trained without them) 0.411 → 0.566 and 0.272 → 0.506. A checkpoint of one's own
+training predicts as is by default: it meets the kind of images it was trained on."""
 
 
 @dataclass(frozen=True)
