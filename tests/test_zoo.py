@@ -53,32 +53,41 @@ def test_card_is_complete_and_consistent() -> None:
     assert meta["target"] == "three-class"
     assert meta["object_diameter"] == card["object_diameter"]
     assert set(meta["postprocessing"]) >= {"mask_threshold", "seed_threshold", "min_size"}
-    scores, images = card["validation_scores"], card["validation_images"]
-    assert 0.0 < scores["accuracy@0.5"] <= 1.0
-    # The pooled scores are the sums of the per-image counts.
-    for key in ("n_gt", "n_pred", "tp@0.5", "fp@0.5", "fn@0.5"):
-        assert scores[key] == sum(r[key] for r in images), key
-    tp, fp, fn = scores["tp@0.5"], scores["fp@0.5"], scores["fn@0.5"]
-    assert scores["accuracy@0.5"] == pytest.approx(tp / (tp + fp + fn))
+    images = card["validation_images"]
+    # The pooled scores, as is and with diameter auto, are the sums of the per-image counts.
+    for scores, counts in (
+        (card["validation_scores"], images),
+        (card["validation_scores_auto"], [r["auto"] for r in images]),
+    ):
+        assert 0.0 < scores["accuracy@0.5"] <= 1.0
+        for key in ("n_gt", "n_pred", "tp@0.5", "fp@0.5", "fn@0.5"):
+            assert scores[key] == sum(r[key] for r in counts), key
+        tp, fp, fn = scores["tp@0.5"], scores["fp@0.5"], scores["fn@0.5"]
+        assert scores["accuracy@0.5"] == pytest.approx(tp / (tp + fp + fn))
+        assert scores["n_gt"] == tp + fn and scores["n_pred"] == tp + fp
 
 
-def test_pretrained_reproduces_its_recorded_scores(shared_data) -> None:
-    """The three smallest validation images, predicted from their raw pixels as is (the
-    recipe scores them so), give the counts the card records (one object of slack for another
-    CPU's rounding)."""
+@pytest.mark.parametrize("diameter", [None, "auto"], ids=["as-is", "auto"])
+def test_pretrained_reproduces_its_recorded_scores(shared_data, diameter) -> None:
+    """The three smallest validation images, predicted from their raw pixels in fp32 as is and
+    with diameter auto (the recipe scores them both ways), give the counts the card records
+    (one object of slack for another CPU's rounding)."""
     root = shared_data("dsb2018-dev")
     records = model_card("nuclei")["validation_images"]
     sizes = {r["image"]: read_image(root / r["image"]).size for r in records}
     chosen = sorted(records, key=lambda r: (sizes[r["image"]], r["image"]))[:3]
-    segmenter = pixelwise.pretrained("nuclei", diameter=None, device="cpu", progress=False)
+    segmenter = pixelwise.pretrained(
+        "nuclei", diameter=diameter, device="cpu", precision="fp32", progress=False
+    )
     for record in chosen:
+        expected = record if diameter is None else record["auto"]
         objects = segmenter.predict(read_image(root / record["image"])).instances
         truth = np.asarray(read_image(root / record["mask"])).astype(np.int64)
         got = pool_matches([match_instances(objects, truth)])
-        assert got["n_gt"] == record["n_gt"]
-        assert abs(got["n_pred"] - record["n_pred"]) <= 1, record
-        assert abs(got["tp@0.5"] - record["tp@0.5"]) <= 1, record
-        assert got["accuracy@0.5"] == pytest.approx(record["accuracy@0.5"], abs=0.03)
+        assert got["n_gt"] == expected["n_gt"]
+        assert abs(got["n_pred"] - expected["n_pred"]) <= 1, record
+        assert abs(got["tp@0.5"] - expected["tp@0.5"]) <= 1, record
+        assert got["accuracy@0.5"] == pytest.approx(expected["accuracy@0.5"], abs=0.03)
 
 
 def test_dark_on_bright_nuclei_give_the_same_objects(shared_data) -> None:
@@ -177,7 +186,11 @@ def test_models_command_lists_the_cards(capsys) -> None:
     card = model_card("nuclei")
     assert text.startswith("nuclei: ")
     assert card["licence"] in text
-    assert f"accuracy@0.5 {card['validation_scores']['accuracy@0.5']:.3f}" in text
+    auto, as_is = card["validation_scores_auto"], card["validation_scores"]
+    assert f"accuracy@0.5 {auto['accuracy@0.5']:.3f}, F1@0.5 {auto['f1@0.5']:.3f}" in text
+    assert "images, diameter auto, the default)" in text
+    assert f"accuracy@0.5 {as_is['accuracy@0.5']:.3f}, F1@0.5 {as_is['f1@0.5']:.3f}" in text
+    assert "images, as is)" in text
     assert "diameter         auto by default (measured per image; --diameter none: as is)" in text
     assert str(model_path("nuclei")) in text
     assert list(MODELS) == ["nuclei"]

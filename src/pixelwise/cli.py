@@ -44,7 +44,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for name in MODELS:
         card = model_card(name)
-        scores = card["validation_scores"]
         print(f"{name}: {card['description']}")
         print(f"  input            {card['input']}")
         print(f"  object diameter  {card['object_diameter']:.1f} px (median of the training "
@@ -53,15 +52,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
               f"--diameter none: as is)")  # fmt: skip
         print(f"  training data    {card['training_data']}")
         print(f"  licence          {card['licence']}")
-        print(
-            f"  validation       accuracy@0.5 {scores['accuracy@0.5']:.3f}, "
-            f"F1@0.5 {scores['f1@0.5']:.3f}, accuracy@0.75 {scores['accuracy@0.75']:.3f}, "
-            f"DSB score {scores['dsb_score']:.3f} ({scores['n_gt']} objects, "
-            f"{len(card['validation_images'])} images, predicted as is)"
-        )
+        for key, how in (
+            ("validation_scores_auto", f"diameter {SHIPPED_DIAMETER}, the default"),
+            ("validation_scores", "as is"),
+        ):
+            scores = card[key]
+            print(
+                f"  validation       accuracy@0.5 {scores['accuracy@0.5']:.3f}, "
+                f"F1@0.5 {scores['f1@0.5']:.3f}, accuracy@0.75 {scores['accuracy@0.75']:.3f}, "
+                f"DSB score {scores['dsb_score']:.3f} ({scores['n_gt']} objects, "
+                f"{len(card['validation_images'])} images, {how})"
+            )
         print(f"  training         {card.get('training_steps')} steps, "
               f"{card.get('training_minutes')} min on {card.get('machine')}")  # fmt: skip
-        print(f"  recipe           {card['recipe']} (commit {card['commit']})")
+        scored = f"; scored at {card['scored_commit']}" if "scored_commit" in card else ""
+        print(f"  recipe           {card['recipe']} (commit {card['commit']}{scored})")
         print(f"  file             {model_path(name)}")
     return 0
 

@@ -4,8 +4,8 @@ A shipped model is an ordinary pixelwise checkpoint (safetensors + JSON metadata
 the same checks as any other; weights stored in float16 to keep the package small and loaded
 as float32) kept as package data next to this module, so nothing is downloaded at run time.
 Its metadata holds a model card under "pretrained": the training data and its licence, the
-recipe and its commit, the expected input, the validation scores, and per-image scores that
-the tests reproduce.
+recipe and its commit, the expected input, the validation scores (as is and with the default
+diameter), and per-image scores that the tests reproduce.
 
     segmenter = pixelwise.pretrained("nuclei")             # a Segmenter, ready to use
     result = segmenter.predict(image)                      # raw gray image, any bit depth
@@ -44,9 +44,14 @@ CARD_FIELDS = (
     "commit",
     "object_diameter",
     "validation_scores",
+    "validation_scores_auto",
     "validation_images",
 )
-"""The keys every shipped model's card ("pretrained" in its metadata) has."""
+"""The keys every shipped model's card ("pretrained" in its metadata) has. The validation
+scores are pooled over "validation_images" (each with its counts), predicted from raw pixels
+in fp32: "validation_scores" as is (`diameter=None`), "validation_scores_auto" with the shipped
+default (the nuclei's size measured per image, `pixelwise.segmenter.SHIPPED_DIAMETER`; each
+image's counts under its "auto")."""
 
 
 def model_path(name: str) -> Path:
